@@ -1,0 +1,155 @@
+"""The ``vrp`` command line: a thin layer over config objects and pipeline functions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(
+    help="VLM Reliability Probe: where reliability lives inside a vision-language model.", no_args_is_help=True
+)
+world_app = typer.Typer(
+    help="The synthetic ShapesWorld benchmark and the toy VLMs trained on it.", no_args_is_help=True
+)
+app.add_typer(world_app, name="world")
+console = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("failures: {task.fields[failures]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _print_accuracy(summary: dict, title: str) -> None:
+    table = Table(title=title)
+    for col in ("task", "n", "accuracy", "95% CI (Wilson)"):
+        table.add_column(col, justify="right" if col != "task" else "left")
+    rows = [*summary["by_task"].items(), ("all", summary["overall"])]
+    for task, a in rows:
+        lo, hi = a["ci95"]
+        table.add_row(task, str(a["n"]), f"{a['accuracy']:.3f}", f"[{lo:.3f}, {hi:.3f}]")
+    Console().print(table)
+
+
+@app.command()
+def run(
+    model: str = typer.Option(
+        "toy-llava", help="Shipped toy name (toy-llava, toy-paligemma, toy-qwen2vl) or a local model folder."
+    ),
+    data: str = typer.Option("shapesworld", help="shapesworld, shapesworld:N, or [FORMAT:]PATH (see README)."),
+    out: Path = typer.Option(Path("runs/default"), help="Run directory to write."),
+    limit: int | None = typer.Option(None, help="Answer at most this many items."),
+    seed: int = typer.Option(0, help="Seed of generated data and sampling."),
+    batch_size: int = typer.Option(16, help="Items per generate call."),
+    max_new_tokens: int = typer.Option(10, help="Greedy answer length cap."),
+    device: str = typer.Option("cpu", help="Torch device."),
+    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
+    world_images: int = typer.Option(300, help="Images in the default ShapesWorld set."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory."),
+) -> None:
+    """Answer every item greedily, score it, and write the run directory."""
+    from vrp.config import ConfigError, RunConfig
+    from vrp.data.sources import DataSpecError
+    from vrp.models import NotAModelError, UnsupportedModelError
+    from vrp.runs.pipeline import RunExistsError
+    from vrp.runs.pipeline import run as run_pipeline
+
+    try:
+        cfg = RunConfig(
+            model=model, data=data, out=str(out), limit=limit, seed=seed, batch_size=batch_size,
+            max_new_tokens=max_new_tokens, device=device, dtype=dtype, world_images=world_images,
+        )  # fmt: skip
+    except ConfigError as e:
+        _fail(str(e))
+    with _progress() as prog:
+        task = prog.add_task("answering", total=None, rate="", failures=0)
+
+        def on_progress(done: int, total: int, failures: int) -> None:
+            el = prog.tasks[task].elapsed or 1e-9
+            prog.update(task, completed=done, total=total, failures=failures, rate=f"{done / el:.1f} items/s")
+
+        try:
+            manifest = run_pipeline(cfg, force=force, on_progress=on_progress)
+        except (UnsupportedModelError, NotAModelError, DataSpecError, RunExistsError, FileNotFoundError) as e:
+            _fail(str(e))
+    c = manifest["counts"]
+    _print_accuracy(manifest["accuracy"], f"{manifest['model']['name']} on {manifest['data']['format']}")
+    console.print(f"answered {c['answered']}, failed {c['failed']} (see {out / 'failures.jsonl'}); wrote {out}")
+
+
+@world_app.command("generate")
+def world_generate(
+    out: Path = typer.Option(..., help="Folder to write images/, items.jsonl, scenes.jsonl, world.json."),
+    n: int = typer.Option(300, help="Number of images (each yields one item per task family; existence two)."),
+    seed: int = typer.Option(0, help="Seed: same seed -> identical images and questions."),
+    strategy: str = typer.Option("mixed", help="POPE negative strategy: random, popular, adversarial or mixed."),
+    image_size: int = typer.Option(48, help="Image side in pixels."),
+) -> None:
+    """Generate a ShapesWorld dataset in the generic JSONL format."""
+    from vrp.world.dataset import write_dataset
+    from vrp.world.scene import WorldConfig
+
+    if n < 1:
+        _fail("--n must be >= 1")
+    try:
+        path = write_dataset(out, n, seed, WorldConfig(image_size=image_size), strategy)
+    except ValueError as e:
+        _fail(str(e))
+    n_items = sum(1 for _ in path.open())
+    console.print(f"wrote {n_items} items over {n} images to {path}")
+
+
+@world_app.command("train")
+def world_train(
+    arch: str = typer.Option(..., help="llava, paligemma or qwen2vl."),
+    out: Path = typer.Option(..., help="Folder to save the trained model and processor."),
+    steps: int = typer.Option(None, help="Training steps (default: the recipe's for this arch)."),
+    seed: int = typer.Option(0, help="Seed of initialisation and data."),
+    threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
+) -> None:
+    """Train a toy VLM of ARCH from random init on ShapesWorld (CPU)."""
+    from vrp.world.recipes import recipe_for
+    from vrp.world.toy import ARCHS
+    from vrp.world.train import train
+
+    if arch not in ARCHS:
+        _fail(f"unknown architecture {arch!r}; supported: {', '.join(ARCHS)}")
+    cfg, wcfg = recipe_for(arch, seed=seed, steps=steps, threads=threads)
+    with _progress() as prog:
+        task = prog.add_task(f"training {arch}", total=cfg.steps, rate="", failures=0)
+
+        def on_eval(rec: dict) -> None:
+            acc = " ".join(f"{k}={v:.2f}" for k, v in rec["acc"].items())
+            prog.update(task, completed=rec["step"], rate=acc)
+
+        log = train(cfg, out, wcfg, progress=on_eval)
+    ch = log["chosen"]
+    console.print(f"saved step {ch['step']} to {out}: " + ", ".join(f"{k} {v:.3f}" for k, v in ch["acc"].items()))
+
+
+def main() -> None:  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

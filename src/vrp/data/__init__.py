@@ -1,0 +1,1 @@
+"""The data layer: item schema, loaders, scorers."""

@@ -1,0 +1,67 @@
+"""Resolve a ``--data`` spec to items.
+
+Specs:
+    shapesworld            the embedded default: a ShapesWorld set generated into the run
+                           directory (``world_images`` images, the run's seed)
+    shapesworld:N          the same with N images
+    generic:PATH | PATH    a generic JSONL file (or a folder holding ``items.jsonl``)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vrp.data.items import LoadResult, load_generic_jsonl
+
+FORMATS: tuple[str, ...] = ("shapesworld", "generic")
+
+
+class DataSpecError(ValueError):
+    """A --data value that names no known format or no readable file."""
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``"fmt:rest"`` -> (fmt, rest); a bare path -> ("generic", path).
+
+    A Windows drive letter or a path containing ":" without a known prefix is a path.
+    """
+    head, sep, rest = spec.partition(":")
+    if sep and head in FORMATS:
+        return head, rest
+    if spec == "shapesworld":
+        return "shapesworld", ""
+    return "generic", spec
+
+
+def load_data(spec: str, run_dir: Path, seed: int, world_images: int) -> tuple[LoadResult, dict]:
+    """Load the items a spec names. Returns (items and load failures, provenance dict)."""
+    fmt, rest = split_spec(spec)
+    if fmt == "shapesworld":
+        from vrp.world.dataset import write_dataset
+
+        n = world_images
+        if rest:
+            try:
+                n = int(rest)
+            except ValueError:
+                raise DataSpecError(f"shapesworld:N needs an integer N, got {rest!r}") from None
+            if n < 1:
+                raise DataSpecError(f"shapesworld:N needs N >= 1, got {n}")
+        path = write_dataset(run_dir / "data", n_images=n, seed=seed)
+        return load_generic_jsonl(path), {"format": "shapesworld", "path": str(path), "n_images": n, "seed": seed}
+    path = Path(rest)
+    if path.is_dir():
+        path = path / "items.jsonl"
+    if not path.is_file():
+        raise DataSpecError(
+            f"data file {str(path)!r} does not exist; give a generic JSONL file, a folder with "
+            f"items.jsonl, or one of the formats {', '.join(FORMATS)} as FORMAT:PATH"
+        )
+    result = load_generic_jsonl(path)
+    if not result.items and result.failures:
+        first = result.failures[0]
+        raise DataSpecError(
+            f"{path} is not in any supported format ({', '.join(FORMATS)}): no record parsed; "
+            f"first error at {first.source}: {first.error}"
+        )
+    return result, {"format": fmt, "path": str(path.resolve())}

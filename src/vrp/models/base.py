@@ -1,0 +1,120 @@
+"""The adapter interface and the explicit registry of supported model families.
+
+An adapter knows one HF architecture family: how to load it, how to lay out a prompt
+for one image and one question, and which modules hold the parts the analyses need.
+Family-specific knowledge lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+_REGISTRY: dict[str, type[ModelAdapter]] = {}
+
+
+class UnsupportedModelError(ValueError):
+    """The model's ``model_type`` has no adapter."""
+
+
+class NotAModelError(ValueError):
+    """The path given as a model is not a loadable model directory."""
+
+
+def register(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Class decorator: register an adapter under each of its ``model_types``."""
+    for mt in cls.model_types:
+        if mt in _REGISTRY:
+            raise ValueError(f"model_type {mt!r} already registered by {_REGISTRY[mt].__name__}")
+        _REGISTRY[mt] = cls
+    return cls
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def adapter_for(model_type: str) -> type[ModelAdapter]:
+    """The adapter class of a ``model_type``; a clear error listing the supported ones."""
+    try:
+        return _REGISTRY[model_type]
+    except KeyError:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported model types: {', '.join(supported_model_types())}"
+        ) from None
+
+
+def read_model_type(path: str | Path) -> str:
+    """Read ``model_type`` from a local model directory's config.json (clear errors)."""
+    p = Path(path)
+    cfg = p / "config.json"
+    if not p.exists():
+        raise NotAModelError(f"model path {str(p)!r} does not exist")
+    if not p.is_dir() or not cfg.is_file():
+        raise NotAModelError(
+            f"{str(p)!r} is not a model directory: expected a folder with config.json (as written by save_pretrained)"
+        )
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise NotAModelError(f"{cfg} is not valid JSON: {e}") from e
+    mt = data.get("model_type") if isinstance(data, dict) else None
+    if not isinstance(mt, str):
+        raise NotAModelError(f"{cfg} has no 'model_type'")
+    return mt
+
+
+@dataclass
+class ModelAdapter:
+    """A loaded model with its processor, seen through one family's conventions."""
+
+    model: Any
+    processor: Any
+    path: str
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str] = ""
+    # Canonical name -> dotted module path inside the HF model; checked at load time.
+    module_paths: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def load(cls, path: str | Path, dtype: Any = None, device: str = "cpu") -> ModelAdapter:
+        """Load model and processor with ``from_pretrained`` and check the module map."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(str(path))
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs).to(device).eval()
+        adapter = cls(model=model, processor=processor, path=str(path))
+        adapter.check_modules()
+        return adapter
+
+    def check_modules(self) -> None:
+        """Fail loudly if a module this adapter maps is missing from the model."""
+        for name, dotted in self.module_paths.items():
+            try:
+                self.model.get_submodule(dotted)
+            except AttributeError as e:
+                raise UnsupportedModelError(
+                    f"{type(self.model).__name__} at {self.path} has no module {dotted!r} "
+                    f"({name}) that the {self.family} adapter expects"
+                ) from e
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    def prompt(self, question: str) -> str:
+        """The text for one image followed by one question, ready for the processor."""
+        raise NotImplementedError
+
+    def answer_suffix(self, answer: str) -> str:
+        """Text appended to ``prompt`` for a teacher-forced answer (training)."""
+        return f"{answer}{self.tokenizer.eos_token}"
+
+    def encode(self, images: list, prompts: list[str], padding_side: str = "left") -> dict:
+        """Processor call for a batch of (image, prompt) pairs -> model inputs (torch)."""
+        self.tokenizer.padding_side = padding_side
+        return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True))

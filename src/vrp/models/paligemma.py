@@ -1,0 +1,22 @@
+"""PaliGemma family: SigLIP vision tower + linear projector + Gemma decoder (prefix-LM)."""
+
+from __future__ import annotations
+
+from vrp.models.base import ModelAdapter, register
+
+
+@register
+class PaliGemmaAdapter(ModelAdapter):
+    model_types = ("paligemma",)
+    family = "paligemma"
+    module_paths = {
+        "vision_tower": "model.vision_tower",
+        "projector": "model.multi_modal_projector",
+        "decoder_layers": "model.language_model.layers",
+        "final_norm": "model.language_model.norm",
+        "unembed": "lm_head",
+    }
+
+    def prompt(self, question: str) -> str:
+        # The processor inserts <bos> after the image tokens and the "\n" separator.
+        return f"<image>{question}"

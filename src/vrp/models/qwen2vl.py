@@ -1,0 +1,21 @@
+"""Qwen2-VL family: dynamic-resolution ViT with 2x2 merge + Qwen2 decoder (GQA, M-RoPE)."""
+
+from __future__ import annotations
+
+from vrp.models.base import ModelAdapter, register
+
+
+@register
+class Qwen2VLAdapter(ModelAdapter):
+    model_types = ("qwen2_vl",)
+    family = "qwen2vl"
+    module_paths = {
+        "vision_tower": "model.visual",
+        "decoder_layers": "model.language_model.layers",
+        "final_norm": "model.language_model.norm",
+        "unembed": "lm_head",
+    }
+
+    def prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)

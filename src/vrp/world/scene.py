@@ -1,0 +1,199 @@
+"""ShapesWorld scenes: categories, co-occurrence statistics, sampling and rendering.
+
+A scene is a list of non-overlapping objects on a plain background. Each object has a
+shape, a colour (a category is shape x colour) and a size class, plus its exact box.
+Everything is derived from a seeded ``numpy.random.Generator``: the same seed gives the
+same scenes and the same image bytes.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+COLOURS: tuple[str, ...] = ("red", "yellow", "green", "cyan", "blue", "purple")
+# Hue (degrees) of each colour's centre; neighbours are 60 degrees apart.
+COLOUR_HUES: dict[str, float] = {
+    "red": 0.0,
+    "yellow": 60.0,
+    "green": 120.0,
+    "cyan": 180.0,
+    "blue": 240.0,
+    "purple": 300.0,
+}
+SIZES: tuple[str, ...] = ("small", "large")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Knobs of the synthetic world. Every field has a default; all are data.
+
+    Attributes:
+        image_size: side of the square image in pixels.
+        min_objects / max_objects: number of objects per scene (inclusive).
+        small_px / large_px: (min, max) side of an object's box for each size class.
+        hue_jitter: standard deviation (degrees) of the per-object hue noise. Colours
+            are 60 degrees apart, so a large jitter makes neighbouring colours
+            genuinely ambiguous (irreducible error, on purpose).
+        theme_prob: probability that an object is drawn from the scene's theme group
+            (this is what creates co-occurrence statistics).
+        n_groups: number of co-occurrence groups the categories are partitioned into.
+        background: RGB background colour.
+        world_seed: seed of the world's fixed statistics (category frequencies and
+            co-occurrence groups); independent of the seed of a generated dataset.
+    """
+
+    image_size: int = 48
+    min_objects: int = 1
+    max_objects: int = 5
+    small_px: tuple[int, int] = (9, 12)
+    large_px: tuple[int, int] = (14, 18)
+    hue_jitter: float = 12.0
+    theme_prob: float = 0.7
+    n_groups: int = 6
+    background: tuple[int, int, int] = (128, 128, 128)
+    world_seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldConfig:
+        """Build from a dict, rejecting unknown keys."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown WorldConfig keys: {sorted(unknown)}; known: {sorted(known)}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def categories() -> list[tuple[str, str]]:
+    """All (colour, shape) categories in a fixed order."""
+    return [(c, s) for c in COLOURS for s in SHAPES]
+
+
+def category_name(colour: str, shape: str) -> str:
+    return f"{colour} {shape}"
+
+
+@dataclass(frozen=True)
+class WorldStats:
+    """The world's fixed prior: category weights and co-occurrence groups."""
+
+    weights: np.ndarray  # [n_categories] sampling weight of each category (sums to 1)
+    groups: tuple[tuple[int, ...], ...]  # partition of category indices into themes
+
+    @classmethod
+    def from_config(cls, cfg: WorldConfig) -> WorldStats:
+        rng = np.random.default_rng(cfg.world_seed + 7919)
+        n = len(categories())
+        # Zipf-like frequencies so that "popular" negatives are meaningful.
+        ranks = rng.permutation(n) + 1
+        w = 1.0 / ranks**0.8
+        perm = rng.permutation(n)
+        groups = tuple(tuple(int(i) for i in g) for g in np.array_split(perm, cfg.n_groups))
+        return cls(weights=w / w.sum(), groups=groups)
+
+
+@dataclass
+class Obj:
+    """One object of a scene. ``box`` is (x0, y0, x1, y1) in pixels, x1/y1 exclusive."""
+
+    shape: str
+    colour: str
+    size: str
+    box: tuple[int, int, int, int]
+    hue: float = 0.0  # the actual hue drawn, after jitter
+
+    @property
+    def category(self) -> str:
+        return category_name(self.colour, self.shape)
+
+    @property
+    def cx(self) -> float:
+        return (self.box[0] + self.box[2]) / 2
+
+    @property
+    def cy(self) -> float:
+        return (self.box[1] + self.box[3]) / 2
+
+
+@dataclass
+class Scene:
+    objects: list[Obj] = field(default_factory=list)
+    size: int = 48
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "objects": [asdict(o) for o in self.objects]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scene:
+        objs = [Obj(**{**o, "box": tuple(o["box"])}) for o in d["objects"]]
+        return cls(objects=objs, size=d["size"])
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = 1) -> bool:
+    return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
+
+
+def sample_scene(rng: np.random.Generator, cfg: WorldConfig, stats: WorldStats) -> Scene:
+    """Sample one scene: a theme, 1..N categories, non-overlapping placements."""
+    cats = categories()
+    n_target = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    theme = stats.groups[int(rng.integers(len(stats.groups)))]
+    theme_w = stats.weights[list(theme)] / stats.weights[list(theme)].sum()
+    objs: list[Obj] = []
+    for _ in range(n_target):
+        if rng.random() < cfg.theme_prob:
+            ci = int(theme[rng.choice(len(theme), p=theme_w)])
+        else:
+            ci = int(rng.choice(len(cats), p=stats.weights))
+        colour, shape = cats[ci]
+        size = SIZES[int(rng.integers(len(SIZES)))]
+        lo, hi = cfg.small_px if size == "small" else cfg.large_px
+        for _attempt in range(50):
+            side = int(rng.integers(lo, hi + 1))
+            x0 = int(rng.integers(0, cfg.image_size - side + 1))
+            y0 = int(rng.integers(0, cfg.image_size - side + 1))
+            box = (x0, y0, x0 + side, y0 + side)
+            if all(not _overlaps(box, o.box) for o in objs):
+                hue = (COLOUR_HUES[colour] + rng.normal(0.0, cfg.hue_jitter)) % 360.0
+                objs.append(Obj(shape=shape, colour=colour, size=size, box=box, hue=float(hue)))
+                break
+    return Scene(objects=objs, size=cfg.image_size)
+
+
+def _rgb(hue: float) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(hue / 360.0, 0.85, 0.95)
+    return (round(r * 255), round(g * 255), round(b * 255))
+
+
+def render(scene: Scene, cfg: WorldConfig) -> Image.Image:
+    """Render a scene to an RGB image (deterministic: no randomness here)."""
+    img = Image.new("RGB", (scene.size, scene.size), cfg.background)
+    draw = ImageDraw.Draw(img)
+    for o in scene.objects:
+        x0, y0, x1, y1 = o.box
+        fill = _rgb(o.hue)
+        if o.shape == "circle":
+            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
+        elif o.shape == "square":
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+        elif o.shape == "triangle":
+            draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
+        else:  # pragma: no cover - guarded by SHAPES
+            raise ValueError(f"unknown shape {o.shape!r}")
+    return img
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """PNG-encode deterministically (no timestamps or metadata)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()

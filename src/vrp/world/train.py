@@ -1,0 +1,251 @@
+"""Train a toy VLM from random init on ShapesWorld, on CPU, seeded.
+
+The recipe (what made all three families learn; see README "Toy models"):
+
+- an auxiliary *describe* task (write every object, left to right) with loss on every
+  caption token, mixed with the question families; without it the image pathway
+  collapses and answers stay at chance;
+- an auxiliary single-object *position* task ("Where is the red circle in the image?");
+- AdamW (betas 0.9/0.98), linear warmup then cosine decay to 0.1x, weight decay on
+  weight matrices only, gradient clipping at 1.0;
+- held-out evaluation every ``eval_every`` steps, and the checkpoint kept is the one
+  whose per-task accuracies sit best inside the target band (imperfect on purpose).
+
+Evaluation here is teacher-forced: every ShapesWorld answer is one token, so the greedy
+answer is correct iff the argmax at the decision position is the gold token.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vrp.world.dataset import generate
+from vrp.world.questions import (
+    POPE_STRATEGIES,
+    DatasetStats,
+    Question,
+    attribute_question,
+    counting_question,
+    describe,
+    existence_questions,
+    referring_name,
+    spatial_question,
+)
+from vrp.world.scene import Scene, WorldConfig, WorldStats, render, sample_scene
+
+EVAL_TASKS = ("existence", "counting", "spatial", "attribute")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "llava"
+    seed: int = 0
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.05
+    eval_every: int = 250
+    eval_images: int = 250
+    band: tuple[float, float] = (0.72, 0.90)
+    threads: int = 0  # 0 = torch default
+    task_weights: dict = field(
+        default_factory=lambda: {
+            "describe": 2.0,
+            "position": 1.0,
+            "existence": 1.5,
+            "counting": 1.0,
+            "spatial": 2.0,
+            "attribute": 1.0,
+        }
+    )
+
+
+def position_question(scene: Scene, rng: np.random.Generator) -> Question | None:
+    """Auxiliary: the side of the image an object is on (training only)."""
+    c = scene.size / 2
+    cands = []
+    for o in scene.objects:
+        name = referring_name(scene, o, True)
+        dx, dy = o.cx - c, o.cy - c
+        if name is None or max(abs(dx), abs(dy)) < 6:
+            continue
+        ans = ("left" if dx < 0 else "right") if abs(dx) >= abs(dy) else ("top" if dy < 0 else "bottom")
+        cands.append((name, ans))
+    if not cands:
+        return None
+    name, ans = cands[int(rng.integers(len(cands)))]
+    return Question("position", f"Where is the {name} in the image?", ans, (), {})
+
+
+def sample_example(
+    rng: np.random.Generator, task: str, wcfg: WorldConfig, wstats: WorldStats, dstats: DatasetStats
+) -> tuple[Scene, Question] | None:
+    scene = sample_scene(rng, wcfg, wstats)
+    if task == "describe":
+        q = Question("describe", "Describe the image.", describe(scene), (), {})
+    elif task == "position":
+        q = position_question(scene, rng)
+    elif task == "existence":
+        strat = POPE_STRATEGIES[int(rng.integers(3))]
+        q = existence_questions(scene, strat, dstats, rng)[int(rng.integers(2))]
+    elif task == "counting":
+        q = counting_question(scene)
+    elif task == "spatial":
+        q = spatial_question(scene, rng)
+    elif task == "attribute":
+        q = attribute_question(scene, rng)
+    else:
+        raise ValueError(task)
+    return None if q is None else (scene, q)
+
+
+def encode_batch(adapter, images, questions: list[str], answers: list[str]):
+    """Teacher-forced batch: inputs plus labels that cover the answer tokens and EOS only."""
+    import torch
+
+    tok = adapter.tokenizer
+    prompts = [adapter.prompt(q) for q in questions]
+    if adapter.family == "paligemma":
+        tok.padding_side = "right"
+        enc = dict(adapter.processor(images=images, text=prompts, suffix=answers, return_tensors="pt", padding=True))
+        labels = enc.pop("labels")
+        labels = torch.as_tensor(labels)
+        labels[enc["attention_mask"] == 0] = -100
+        return enc, labels
+    full = [p + adapter.answer_suffix(a) for p, a in zip(prompts, answers, strict=True)]
+    enc = adapter.encode(images, full, padding_side="right")
+    ids = enc["input_ids"]
+    labels = torch.full_like(ids, -100)
+    lengths = enc["attention_mask"].sum(1)
+    for i, a in enumerate(answers):
+        n = len(tok(a, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+        L = int(lengths[i])
+        labels[i, L - n : L] = ids[i, L - n : L]
+    return enc, labels
+
+
+def _decision_logits(model, enc):
+    """Logits at the last non-pad position of each row (left padding)."""
+    out = model(**enc)
+    return out.logits[:, -1, :]
+
+
+def evaluate(adapter, eval_set: list[tuple], batch_size: int = 64) -> dict[str, float]:
+    """Teacher-forced first-token accuracy per task on (image, question, answer, task)."""
+    import torch
+
+    tok = adapter.tokenizer
+    hits: dict[str, list[int]] = {}
+    adapter.model.eval()
+    with torch.no_grad():
+        for s in range(0, len(eval_set), batch_size):
+            chunk = eval_set[s : s + batch_size]
+            enc = adapter.encode([c[0] for c in chunk], [adapter.prompt(c[1]) for c in chunk], padding_side="left")
+            pred = _decision_logits(adapter.model, enc).argmax(-1).tolist()
+            for (_, _, ans, task), p in zip(chunk, pred, strict=True):
+                gold = tok(ans, add_special_tokens=False)["input_ids"][0]
+                hits.setdefault(task, []).append(int(p == gold))
+    return {t: float(np.mean(v)) for t, v in sorted(hits.items())}
+
+
+def band_distance(acc: dict[str, float], band: tuple[float, float]) -> float:
+    lo, hi = band
+    return sum(max(0.0, lo - a) + max(0.0, a - hi) for a in acc.values())
+
+
+def build_eval_set(n_images: int, seed: int, wcfg: WorldConfig) -> list[tuple]:
+    data, _ = generate(n_images, seed, wcfg)
+    out = []
+    for sq in data:
+        img = render(sq.scene, wcfg)
+        out.extend((img, q.question, q.answer, q.task) for q in sq.questions)
+    return out
+
+
+def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, progress=None) -> dict:
+    """Train one toy model; save the best-in-band checkpoint to ``out``; return the log."""
+    import torch
+
+    from vrp.models.base import adapter_for
+    from vrp.world.toy import build_toy
+
+    wcfg = wcfg or WorldConfig()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model, processor = build_toy(cfg.arch, seed=cfg.seed, image_size=wcfg.image_size)
+    cls = adapter_for(model.config.model_type)
+    adapter = cls(model=model, processor=processor, path=str(out))
+    rng = np.random.default_rng([cfg.seed, 42])
+    wstats = WorldStats.from_config(wcfg)
+    pool, _ = generate(2000, cfg.seed + 1000, wcfg)
+    dstats = DatasetStats.from_scenes([p.scene for p in pool])
+    eval_set = build_eval_set(cfg.eval_images, 900_000 + cfg.seed, wcfg)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    names = list(cfg.task_weights)
+    w = np.array([cfg.task_weights[n] for n in names], dtype=float)
+    w /= w.sum()
+    log: dict = {"config": {**asdict(cfg)}, "world": wcfg.to_dict(), "evals": []}
+    best = (math.inf, None, None, -1)
+    t0 = time.time()
+    for step in range(cfg.steps):
+        model.train()
+        batch = []
+        while len(batch) < cfg.batch_size:
+            ex = sample_example(rng, names[int(rng.choice(len(names), p=w))], wcfg, wstats, dstats)
+            if ex is not None:
+                batch.append(ex)
+        images = [render(sc, wcfg) for sc, _ in batch]
+        enc, labels = encode_batch(adapter, images, [q.question for _, q in batch], [q.answer for _, q in batch])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = model(**enc, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            acc = evaluate(adapter, eval_set)
+            dist = band_distance(acc, cfg.band)
+            rec = {
+                "step": step + 1,
+                "loss": float(loss),
+                "seconds": round(time.time() - t0, 1),
+                "acc": acc,
+                "band_distance": dist,
+            }
+            log["evals"].append(rec)
+            if progress:
+                progress(rec)
+            if dist <= best[0]:
+                best = (dist, copy.deepcopy(model.state_dict()), acc, step + 1)
+    model.load_state_dict(best[1])
+    log["chosen"] = {"step": best[3], "acc": best[2], "band_distance": best[0]}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "training_log.json").write_text(json.dumps(log, indent=2))
+    return log
