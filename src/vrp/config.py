@@ -40,6 +40,11 @@ class RunConfig:
     world_images: int = 300
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            want = {"int": int, "str": str, "int | None": (int, type(None))}[f.type]
+            if not isinstance(v, want) or isinstance(v, bool):
+                raise ConfigError(f"{f.name} must be {f.type}, got {type(v).__name__} {v!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:

@@ -17,6 +17,7 @@ Malformed records are reported with file and line and skipped; the other records
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,11 @@ def _validate_regions(regions: object) -> tuple[dict, ...]:
         if not isinstance(r, dict) or "box" not in r:
             raise ValueError("each region must be an object with a 'box'")
         box = r["box"]
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
+        if not (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+        ):
             raise ValueError(f"region box must be 4 numbers, got {box!r}")
         if box[2] <= box[0] or box[3] <= box[1]:
             raise ValueError(f"region box must have x1 > x0 and y1 > y0, got {box!r}")
@@ -72,8 +77,8 @@ def resolve_image(root: Path, rel: str) -> Path:
     """Resolve an image path inside ``root``; refuse paths that escape it."""
     root = root.resolve()
     p = (root / rel).resolve()
-    if root != p and root not in p.parents:
-        raise ValueError(f"image path {rel!r} escapes the dataset folder {root}")
+    if root not in p.parents:
+        raise ValueError(f"image path {rel!r} escapes the dataset folder {root} or names the folder itself")
     return p
 
 
@@ -87,8 +92,8 @@ def parse_record(rec: object, root: Path) -> Item:
         if not isinstance(rec[key], typ):
             raise ValueError(f"field {key!r} must be {typ.__name__}, got {type(rec[key]).__name__}")
     answers = rec["answers"]
-    if not answers or not all(isinstance(a, str) for a in answers):
-        raise ValueError("'answers' must be a non-empty list of strings")
+    if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise ValueError("'answers' must be a non-empty list of non-empty strings")
     meta = rec.get("meta", {})
     if not isinstance(meta, dict):
         raise ValueError("'meta' must be an object")
@@ -110,13 +115,17 @@ def load_generic_jsonl(path: str | Path) -> LoadResult:
     items: list[Item] = []
     failures: list[LoadFailure] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             src = f"{path}:{lineno}"
             rec_id = None
             try:
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"line is not valid UTF-8: {e}") from None
                 rec = json.loads(line)
                 rec_id = rec.get("id") if isinstance(rec, dict) else None
                 item = parse_record(rec, root)

@@ -39,7 +39,7 @@ def yes_no(text: str) -> str | None:
 def extract_int(text: str) -> int | None:
     """The first integer in the answer (digits or number words), or None."""
     for w in canonicalize(text).split():
-        if w.isdigit():
+        if w.isascii() and w.isdigit():
             return int(w)
     return None
 

@@ -58,10 +58,8 @@ def load_data(spec: str, run_dir: Path, seed: int, world_images: int) -> tuple[L
             f"items.jsonl, or one of the formats {', '.join(FORMATS)} as FORMAT:PATH"
         )
     result = load_generic_jsonl(path)
-    if not result.items and result.failures:
-        first = result.failures[0]
-        raise DataSpecError(
-            f"{path} is not in any supported format ({', '.join(FORMATS)}): no record parsed; "
-            f"first error at {first.source}: {first.error}"
-        )
+    if not result.items:
+        first = result.failures[0] if result.failures else None
+        why = f"first error at {first.source}: {first.error}" if first else "the file holds no records"
+        raise DataSpecError(f"{path} is not in any supported format ({', '.join(FORMATS)}): no record parsed; {why}")
     return result, {"format": fmt, "path": str(path.resolve())}

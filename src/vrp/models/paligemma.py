@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from vrp.models.base import ModelAdapter, register
 
 
@@ -9,7 +11,7 @@ from vrp.models.base import ModelAdapter, register
 class PaliGemmaAdapter(ModelAdapter):
     model_types = ("paligemma",)
     family = "paligemma"
-    module_paths = {
+    module_paths: ClassVar[dict[str, str]] = {
         "vision_tower": "model.vision_tower",
         "projector": "model.multi_modal_projector",
         "decoder_layers": "model.language_model.layers",

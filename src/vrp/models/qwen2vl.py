@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from vrp.models.base import ModelAdapter, register
 
 
@@ -9,7 +11,7 @@ from vrp.models.base import ModelAdapter, register
 class Qwen2VLAdapter(ModelAdapter):
     model_types = ("qwen2_vl",)
     family = "qwen2vl"
-    module_paths = {
+    module_paths: ClassVar[dict[str, str]] = {
         "vision_tower": "model.visual",
         "decoder_layers": "model.language_model.layers",
         "final_norm": "model.language_model.norm",

@@ -59,6 +59,7 @@ class TrainConfig:
     task_weights: dict = field(
         default_factory=lambda: {
             "describe": 2.0,
+            "single": 1.0,
             "position": 1.0,
             "existence": 1.5,
             "counting": 1.0,
@@ -85,6 +86,21 @@ def position_question(scene: Scene, rng: np.random.Generator) -> Question | None
     return Question("position", f"Where is the {name} in the image?", ans, (), {})
 
 
+def single_attribute_question(scene: Scene, rng: np.random.Generator) -> Question:
+    """Auxiliary: existence of one attribute alone ("Is there a red object?", "Is there a circle?")."""
+    from vrp.world.scene import COLOURS, SHAPES
+
+    if rng.random() < 0.5:
+        value = COLOURS[int(rng.integers(len(COLOURS)))]
+        present = any(o.colour == value for o in scene.objects)
+        text = f"Is there a {value} object in the image?"
+    else:
+        value = SHAPES[int(rng.integers(len(SHAPES)))]
+        present = any(o.shape == value for o in scene.objects)
+        text = f"Is there a {value} in the image?"
+    return Question("single", text, "yes" if present else "no", (), {})
+
+
 def sample_example(
     rng: np.random.Generator, task: str, wcfg: WorldConfig, wstats: WorldStats, dstats: DatasetStats
 ) -> tuple[Scene, Question] | None:
@@ -93,6 +109,8 @@ def sample_example(
         q = Question("describe", "Describe the image.", describe(scene), (), {})
     elif task == "position":
         q = position_question(scene, rng)
+    elif task == "single":
+        q = single_attribute_question(scene, rng)
     elif task == "existence":
         strat = POPE_STRATEGIES[int(rng.integers(3))]
         q = existence_questions(scene, strat, dstats, rng)[int(rng.integers(2))]
@@ -130,6 +148,23 @@ def encode_batch(adapter, images, questions: list[str], answers: list[str]):
         L = int(lengths[i])
         labels[i, L - n : L] = ids[i, L - n : L]
     return enc, labels
+
+
+def per_example_loss(logits, labels):
+    """Mean over examples of each example's mean next-token loss on its labelled tokens.
+
+    A token-level mean would let a 15-token caption outweigh a 1-token answer 15:1.
+    """
+    import torch
+
+    logits = logits[:, :-1].float()
+    target = labels[:, 1:]
+    mask = target != -100
+    tok_loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.clamp(min=0).reshape(-1), reduction="none"
+    ).view_as(target)
+    per_ex = (tok_loss * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return per_ex.mean()
 
 
 def _decision_logits(model, enc):
@@ -221,7 +256,7 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
         enc, labels = encode_batch(adapter, images, [q.question for _, q in batch], [q.answer for _, q in batch])
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        loss = model(**enc, labels=labels).loss
+        loss = per_example_loss(model(**enc).logits, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -231,7 +266,7 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
             dist = band_distance(acc, cfg.band)
             rec = {
                 "step": step + 1,
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "seconds": round(time.time() - t0, 1),
                 "acc": acc,
                 "band_distance": dist,
