@@ -125,6 +125,7 @@ def world_train(
     steps: int = typer.Option(None, help="Training steps (default: the recipe's for this arch)."),
     seed: int = typer.Option(0, help="Seed of initialisation and data."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
+    evaluate: bool = typer.Option(True, help="Measure greedy accuracy on held-out images and write eval.json."),
 ) -> None:
     """Train a toy VLM of ARCH from random init on ShapesWorld (CPU)."""
     from vrp.world.recipes import recipe_for
@@ -140,10 +141,22 @@ def world_train(
         def on_eval(rec: dict) -> None:
             acc = " ".join(f"{k}={v:.2f}" for k, v in rec["acc"].items())
             prog.update(task, completed=rec["step"], rate=acc)
+            prog.console.log(f"step {rec['step']}: loss {rec['loss']:.3f}, held-out (teacher-forced) {acc}")
 
-        log = train(cfg, out, wcfg, progress=on_eval)
+        log = train(cfg, out, wcfg, progress=on_eval, on_step=lambda s: prog.update(task, completed=s))
     ch = log["chosen"]
-    console.print(f"saved step {ch['step']} to {out}: " + ", ".join(f"{k} {v:.3f}" for k, v in ch["acc"].items()))
+    console.print(
+        f"kept step {ch['step']} (teacher-forced: " + ", ".join(f"{k} {v:.3f}" for k, v in ch["acc"].items()) + ")"
+    )
+    if evaluate:
+        from vrp.world.evaluate import write_eval
+
+        result = write_eval(out)
+        _print_accuracy(
+            result["accuracy"],
+            f"{arch}: greedy accuracy on {result['n_images']} held-out images (seed {result['seed']})",
+        )
+    console.print(f"saved to {out}")
 
 
 def main() -> None:  # pragma: no cover

@@ -142,7 +142,7 @@ def build_tokenizer(arch: str):
     return fast
 
 
-def build_processor(arch: str, image_size: int = 48):
+def build_processor(arch: str, image_size: int = 48, patch: int = 12):
     """The family's real processor around the world tokenizer."""
     tok = build_tokenizer(arch)
     if arch == "llava":
@@ -152,7 +152,7 @@ def build_processor(arch: str, image_size: int = 48):
         return LlavaProcessor(
             image_processor=ip,
             tokenizer=tok,
-            patch_size=8,
+            patch_size=patch,
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,
             chat_template=LLAVA_CHAT_TEMPLATE,
@@ -161,22 +161,24 @@ def build_processor(arch: str, image_size: int = 48):
         from transformers import PaliGemmaProcessor, SiglipImageProcessor
 
         ip = SiglipImageProcessor(size={"height": image_size, "width": image_size})
-        ip.image_seq_length = (image_size // 8) ** 2
+        ip.image_seq_length = (image_size // patch) ** 2
         return PaliGemmaProcessor(image_processor=ip, tokenizer=tok)
     if arch == "qwen2vl":
         from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
-        factor = 4 * 2  # patch x merge
-        size = {"shortest_edge": factor * factor, "longest_edge": 128 * 128}
-        ip = Qwen2VLImageProcessor(size=size, patch_size=4, merge_size=2, temporal_patch_size=2)
-        vp = Qwen2VLVideoProcessor(size=size, patch_size=4, merge_size=2, temporal_patch_size=2)
+        # Qwen2-VL patches are half the merged token's side: the 2x2 merge gives one
+        # token per ``patch x patch`` pixels, as the other two families.
+        qp = patch // 2
+        size = {"shortest_edge": patch * patch, "longest_edge": 160 * 160}
+        ip = Qwen2VLImageProcessor(size=size, patch_size=qp, merge_size=2, temporal_patch_size=2)
+        vp = Qwen2VLVideoProcessor(size=size, patch_size=qp, merge_size=2, temporal_patch_size=2)
         return Qwen2VLProcessor(
             image_processor=ip, tokenizer=tok, video_processor=vp, chat_template=QWEN2VL_CHAT_TEMPLATE
         )
     raise ValueError(f"unknown toy architecture {arch!r}; supported: {', '.join(ARCHS)}")
 
 
-def build_config(arch: str, processor, image_size: int = 48):
+def build_config(arch: str, processor, image_size: int = 48, patch: int = 12):
     """A tiny config of the real family class (vocab sized to the processor's tokenizer)."""
     tok = processor.tokenizer
     vocab = len(tok)
@@ -198,7 +200,7 @@ def build_config(arch: str, processor, image_size: int = 48):
         num_hidden_layers=2,
         num_attention_heads=4,
         image_size=image_size,
-        patch_size=8,
+        patch_size=patch,
     )
     if arch == "llava":
         from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
@@ -238,7 +240,7 @@ def build_config(arch: str, processor, image_size: int = 48):
                 hidden_size=128,
                 num_heads=4,
                 mlp_ratio=3,
-                patch_size=4,
+                patch_size=patch // 2,
                 spatial_merge_size=2,
                 temporal_patch_size=2,
                 in_channels=3,
@@ -252,13 +254,13 @@ def build_config(arch: str, processor, image_size: int = 48):
     raise ValueError(f"unknown toy architecture {arch!r}; supported: {', '.join(ARCHS)}")
 
 
-def build_toy(arch: str, seed: int = 0, image_size: int = 48):
+def build_toy(arch: str, seed: int = 0, image_size: int = 48, patch: int = 12):
     """Return (model, processor) for a freshly initialised toy VLM of ``arch``."""
     import torch
     from transformers import AutoModelForImageTextToText
 
-    processor = build_processor(arch, image_size)
-    config = build_config(arch, processor, image_size)
+    processor = build_processor(arch, image_size, patch)
+    config = build_config(arch, processor, image_size, patch)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     return model, processor

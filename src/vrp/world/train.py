@@ -49,22 +49,25 @@ class TrainConfig:
     seed: int = 0
     steps: int = 6000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup: int = 200
     weight_decay: float = 0.05
     eval_every: int = 250
     eval_images: int = 250
     band: tuple[float, float] = (0.72, 0.90)
     threads: int = 0  # 0 = torch default
+    patch_weight: float = 1.0  # weight of the auxiliary per-patch colour/shape loss
+    patch: int = 12  # pixels per image token side
+    curriculum: float = 0.4  # fraction of steps over which max objects rises from 2 to the world's
     task_weights: dict = field(
         default_factory=lambda: {
-            "describe": 2.0,
+            "describe": 1.0,
             "single": 1.0,
             "position": 1.0,
-            "existence": 1.5,
+            "existence": 3.0,
             "counting": 1.0,
-            "spatial": 2.0,
-            "attribute": 1.0,
+            "spatial": 3.0,
+            "attribute": 1.5,
         }
     )
 
@@ -84,6 +87,79 @@ def position_question(scene: Scene, rng: np.random.Generator) -> Question | None
         return None
     name, ans = cands[int(rng.integers(len(cands)))]
     return Question("position", f"Where is the {name} in the image?", ans, (), {})
+
+
+def patch_labels(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch (colour, shape) class of a ``grid x grid`` tiling; background = last class.
+
+    A patch takes the object covering most of its pixels, if that covers >= 25% of it.
+    """
+    from PIL import Image, ImageDraw
+
+    from vrp.world.scene import COLOURS, SHAPES
+
+    idmap = Image.new("L", (scene.size, scene.size), 0)
+    draw = ImageDraw.Draw(idmap)
+    for k, o in enumerate(scene.objects, start=1):
+        x0, y0, x1, y1 = o.box
+        if o.shape == "circle":
+            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=k)
+        elif o.shape == "square":
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=k)
+        else:
+            draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=k)
+    ids = np.asarray(idmap)
+    ps = scene.size // grid
+    colour = np.full(grid * grid, len(COLOURS), dtype=np.int64)
+    shape = np.full(grid * grid, len(SHAPES), dtype=np.int64)
+    for r in range(grid):
+        for c in range(grid):
+            counts = np.bincount(
+                ids[r * ps : (r + 1) * ps, c * ps : (c + 1) * ps].ravel(), minlength=len(scene.objects) + 1
+            )
+            counts[0] = 0
+            k = int(counts.argmax())
+            if k and counts[k] >= 0.25 * ps * ps:
+                o = scene.objects[k - 1]
+                colour[r * grid + c] = COLOURS.index(o.colour)
+                shape[r * grid + c] = SHAPES.index(o.shape)
+    return colour, shape
+
+
+class PatchProbe:
+    """Auxiliary per-patch colour/shape heads on the image-token features (training only).
+
+    The features are read with a forward hook on the module that emits the image tokens
+    the language model sees (the projector / merger); the heads are discarded after
+    training. This stands in for the pretrained vision encoder a real VLM starts from.
+    """
+
+    def __init__(self, model, family: str, hidden: int):
+        import torch
+
+        from vrp.world.scene import COLOURS, SHAPES
+
+        path = {
+            "llava": "model.multi_modal_projector",
+            "paligemma": "model.multi_modal_projector",
+            "qwen2vl": "model.visual.merger",
+        }[family]
+        self.feats = None
+        self.handle = model.get_submodule(path).register_forward_hook(self._hook)
+        self.colour = torch.nn.Linear(hidden, len(COLOURS) + 1)
+        self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
+
+    def _hook(self, module, args, output):
+        self.feats = output
+
+    def parameters(self):
+        return [*self.colour.parameters(), *self.shape.parameters()]
+
+    def loss(self, colour_t, shape_t):
+        import torch.nn.functional as F
+
+        f = self.feats.reshape(-1, self.feats.shape[-1])
+        return F.cross_entropy(self.colour(f), colour_t) + F.cross_entropy(self.shape(f), shape_t)
 
 
 def single_attribute_question(scene: Scene, rng: np.random.Generator) -> Question:
@@ -150,6 +226,16 @@ def encode_batch(adapter, images, questions: list[str], answers: list[str]):
     return enc, labels
 
 
+def vision_grad_norm(model, adapter) -> float:
+    """L2 norm of the gradient reaching the vision tower (collapses to ~0 when the image
+    pathway dies; logged at every evaluation)."""
+    import torch
+
+    tower = model.get_submodule(adapter.module_paths["vision_tower"])
+    grads = [p.grad.detach().norm() for p in tower.parameters() if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
 def per_example_loss(logits, labels):
     """Mean over examples of each example's mean next-token loss on its labelled tokens.
 
@@ -205,8 +291,27 @@ def build_eval_set(n_images: int, seed: int, wcfg: WorldConfig) -> list[tuple]:
     return out
 
 
-def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, progress=None) -> dict:
-    """Train one toy model; save the best-in-band checkpoint to ``out``; return the log."""
+def curriculum_world(wcfg: WorldConfig, step: int, cfg: TrainConfig) -> WorldConfig:
+    """Scenes start with at most 2 objects; the cap rises to the world's over ``curriculum``."""
+    from dataclasses import replace
+
+    span = cfg.curriculum * cfg.steps
+    if span <= 0 or step >= span:
+        return wcfg
+    cap = 2 + (wcfg.max_objects - 2) * step / span
+    return replace(wcfg, max_objects=max(wcfg.min_objects, min(wcfg.max_objects, int(cap))))
+
+
+def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, progress=None, on_step=None) -> dict:
+    """Train one toy model; save the best-in-band checkpoint to ``out``; return the log.
+
+    Args:
+        cfg: the recipe.
+        out: folder to save the model, processor and ``training_log.json``.
+        wcfg: the world to train on.
+        progress: called with each evaluation record.
+        on_step: called with the step number after every step.
+    """
     import torch
 
     from vrp.models.base import adapter_for
@@ -216,7 +321,7 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model, processor = build_toy(cfg.arch, seed=cfg.seed, image_size=wcfg.image_size)
+    model, processor = build_toy(cfg.arch, seed=cfg.seed, image_size=wcfg.image_size, patch=cfg.patch)
     cls = adapter_for(model.config.model_type)
     adapter = cls(model=model, processor=processor, path=str(out))
     rng = np.random.default_rng([cfg.seed, 42])
@@ -239,6 +344,10 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
         t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
+    probe = PatchProbe(model, adapter.family, model.config.text_config.hidden_size) if cfg.patch_weight > 0 else None
+    if probe is not None:
+        opt.add_param_group({"params": probe.parameters(), "weight_decay": 0.0})
+    grid = wcfg.image_size // cfg.patch
     names = list(cfg.task_weights)
     w = np.array([cfg.task_weights[n] for n in names], dtype=float)
     w /= w.sum()
@@ -248,8 +357,9 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
     for step in range(cfg.steps):
         model.train()
         batch = []
+        step_wcfg = curriculum_world(wcfg, step, cfg)
         while len(batch) < cfg.batch_size:
-            ex = sample_example(rng, names[int(rng.choice(len(names), p=w))], wcfg, wstats, dstats)
+            ex = sample_example(rng, names[int(rng.choice(len(names), p=w))], step_wcfg, wstats, dstats)
             if ex is not None:
                 batch.append(ex)
         images = [render(sc, wcfg) for sc, _ in batch]
@@ -257,14 +367,23 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = per_example_loss(model(**enc).logits, labels)
+        if probe is not None:
+            pl = [patch_labels(sc, grid) for sc, _ in batch]
+            colour_t = torch.as_tensor(np.concatenate([p[0] for p in pl]))
+            shape_t = torch.as_tensor(np.concatenate([p[1] for p in pl]))
+            loss = loss + cfg.patch_weight * probe.loss(colour_t, shape_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        vision_grad = vision_grad_norm(model, adapter)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if on_step:
+            on_step(step + 1)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             acc = evaluate(adapter, eval_set)
             dist = band_distance(acc, cfg.band)
             rec = {
+                "vision_grad_norm": vision_grad,
                 "step": step + 1,
                 "loss": float(loss.detach()),
                 "seconds": round(time.time() - t0, 1),
@@ -276,6 +395,8 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
                 progress(rec)
             if dist <= best[0]:
                 best = (dist, copy.deepcopy(model.state_dict()), acc, step + 1)
+    if probe is not None:
+        probe.handle.remove()
     model.load_state_dict(best[1])
     log["chosen"] = {"step": best[3], "acc": best[2], "band_distance": best[0]}
     out = Path(out)

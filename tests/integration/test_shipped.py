@@ -1,0 +1,44 @@
+"""The shipped toy checkpoints load offline and reach their documented accuracy on a fresh seed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from vrp.models import load_adapter
+from vrp.models.loading import TOY_MODELS, resolve_model_path
+from vrp.world.evaluate import EVAL_SEED, evaluate_checkpoint
+
+FRESH_SEED = 4242  # differs from the seed eval.json was measured on, and from training's
+FRESH_IMAGES = 150
+
+
+@pytest.mark.parametrize("name", TOY_MODELS)
+def test_shipped_checkpoint_loads_offline_with_real_classes(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ad = load_adapter(name)
+    assert type(ad.model).__name__ in {
+        "LlavaForConditionalGeneration",
+        "PaliGemmaForConditionalGeneration",
+        "Qwen2VLForConditionalGeneration",
+    }
+    size = (resolve_model_path(name) / "model.safetensors").stat().st_size
+    assert size < 8_000_000  # a few MB each, so they ship in the package
+
+
+@pytest.mark.parametrize("name", TOY_MODELS)
+def test_shipped_checkpoint_reaches_documented_accuracy(name):
+    doc = json.loads((resolve_model_path(name) / "eval.json").read_text())
+    assert doc["seed"] == EVAL_SEED and FRESH_SEED != EVAL_SEED
+    fresh = evaluate_checkpoint(name, n_images=FRESH_IMAGES, seed=FRESH_SEED)
+    assert fresh["counts"]["failed"] == 0
+    for task, documented in doc["accuracy"]["by_task"].items():
+        got = fresh["accuracy"]["by_task"][task]
+        p, n = documented["accuracy"], got["n"]
+        # "within a few points": 3 standard errors of the fresh estimate, at least 5 points
+        tol = max(0.05, 3 * math.sqrt(p * (1 - p) / n))
+        assert abs(got["accuracy"] - p) <= tol, (task, got["accuracy"], p, tol)
+    d_all, g_all = doc["accuracy"]["overall"]["accuracy"], fresh["accuracy"]["overall"]["accuracy"]
+    assert abs(g_all - d_all) <= 0.04, (g_all, d_all)
