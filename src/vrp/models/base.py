@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from vrp.capture.records import ImageGrid
+
 _REGISTRY: dict[str, type[ModelAdapter]] = {}
 
 
@@ -109,6 +111,69 @@ class ModelAdapter:
     def prompt(self, question: str) -> str:
         """The text for one image followed by one question, ready for the processor."""
         raise NotImplementedError
+
+    # ---- geometry and module map used by the capture engine --------------------------
+
+    @property
+    def text_config(self) -> Any:
+        return self.model.config.text_config
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    def decoder_layers(self) -> list:
+        return list(self.model.get_submodule(self.module_paths["decoder_layers"]))
+
+    def final_norm(self) -> Any:
+        return self.model.get_submodule(self.module_paths["final_norm"])
+
+    def unembed(self) -> Any:
+        return self.model.get_submodule(self.module_paths["unembed"])
+
+    @property
+    def logit_softcap(self) -> float | None:
+        """Final-logit soft-capping (Gemma-2 style), or None."""
+        return getattr(self.text_config, "final_logit_softcapping", None)
+
+    def image_layouts(self, enc: dict) -> list[tuple[int, int, int]]:
+        """(rows, cols, leading non-grid tokens) of every image in the batch, in order.
+
+        ``rows * cols + leading`` is the number of placeholder tokens the image occupies.
+        """
+        raise NotImplementedError
+
+    def image_grids(self, enc: dict) -> list[list[ImageGrid]]:
+        """Per batch row, the grid of each image in it (positions in the padded batch).
+
+        Raises a clear error if the placeholder tokens do not match the expected grids.
+        """
+        import numpy as np
+
+        ids = enc["input_ids"]
+        layouts = iter(self.image_layouts(enc))
+        out: list[list[ImageGrid]] = []
+        for r in range(ids.shape[0]):
+            pos = (ids[r] == self.image_token_id).nonzero().flatten().tolist()
+            grids, i = [], 0
+            while i < len(pos):
+                try:
+                    rows, cols, lead = next(layouts)
+                except StopIteration:
+                    raise ValueError(
+                        f"{self.family}: row {r} has more image tokens than the processor produced images"
+                    ) from None
+                n = rows * cols + lead
+                block = pos[i : i + n]
+                if len(block) != n or block[-1] - block[0] != n - 1:
+                    raise ValueError(
+                        f"{self.family}: expected {n} contiguous image tokens for a {rows}x{cols} grid "
+                        f"(+{lead} leading) at row {r}, found {len(block)}"
+                    )
+                grids.append(ImageGrid(rows=rows, cols=cols, token_index=np.asarray(block[lead:], dtype=np.int64)))
+                i += n
+            out.append(grids)
+        return out
 
     def answer_suffix(self, answer: str) -> str:
         """Text appended to ``prompt`` for a teacher-forced answer (training)."""

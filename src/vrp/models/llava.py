@@ -23,5 +23,13 @@ class LlavaAdapter(ModelAdapter):
         # LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT:").
         return f"USER: <image>\n{question} ASSISTANT:"
 
+    def image_layouts(self, enc: dict) -> list[tuple[int, int, int]]:
+        # One square grid of image_size / patch_size per image. With the "default" feature
+        # strategy the CLS token is dropped; with "full" it is kept as a leading token.
+        vc = self.model.config.vision_config
+        side = vc.image_size // vc.patch_size
+        lead = 0 if self.model.config.vision_feature_select_strategy == "default" else 1
+        return [(side, side, lead)] * len(enc["pixel_values"])
+
     def answer_suffix(self, answer: str) -> str:
         return f" {answer}{self.tokenizer.eos_token}"

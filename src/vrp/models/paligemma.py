@@ -19,6 +19,13 @@ class PaliGemmaAdapter(ModelAdapter):
         "unembed": "lm_head",
     }
 
+    def image_layouts(self, enc: dict) -> list[tuple[int, int, int]]:
+        n = int(self.processor.image_seq_length)
+        side = round(n**0.5)
+        if side * side != n:
+            raise ValueError(f"paligemma: image_seq_length {n} is not a square grid")
+        return [(side, side, 0)] * len(enc["pixel_values"])
+
     def prompt(self, question: str) -> str:
         # The processor inserts <bos> after the image tokens and the "\n" separator.
         return f"<image>{question}"

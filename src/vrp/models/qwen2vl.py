@@ -18,6 +18,16 @@ class Qwen2VLAdapter(ModelAdapter):
         "unembed": "lm_head",
     }
 
+    def image_layouts(self, enc: dict) -> list[tuple[int, int, int]]:
+        # Per image from image_grid_thw (patches), after the spatial merge.
+        m = int(self.model.config.vision_config.spatial_merge_size)
+        out = []
+        for t, h, w in enc["image_grid_thw"].tolist():
+            if t != 1:
+                raise ValueError(f"qwen2vl: temporal grid {t} (video) is not supported for image capture")
+            out.append((h // m, w // m, 0))
+        return out
+
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)

@@ -1,0 +1,1 @@
+"""The instrumented pass: attention over image patches, residuals, output distributions."""

@@ -1,0 +1,62 @@
+"""Typed records of what one instrumented generate pass captured for one item.
+
+Everything downstream of ``vrp.capture`` sees these records, never raw HF outputs.
+
+Conventions:
+    T  answer steps actually taken for this item (up to and including EOS if emitted).
+       Step t is the forward pass that *produced* answer token t: step 0 is the prefill,
+       whose last prompt position is the **decision position**; step t >= 1 is the decode
+       pass whose query is answer token t-1.
+    L  decoder layers of the language model. Residuals have L + 1 entries: index 0 is the
+       embedding output (the decoder's input, image features merged in, any embedding
+       scaling applied), index l is decoder block l's output.
+    H  query heads.
+    d  hidden size; V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """Where one image's tokens sit in the prompt and how they tile the image.
+
+    ``token_index`` are the prompt positions of the image's tokens in row-major grid order,
+    so ``token_index[r * cols + c]`` is the token for patch (r, c).
+    """
+
+    rows: int
+    cols: int
+    token_index: np.ndarray  # [rows * cols] int, prompt positions (after left padding is removed)
+
+    def __post_init__(self) -> None:
+        if len(self.token_index) != self.rows * self.cols:
+            raise ValueError(
+                f"image grid {self.rows}x{self.cols} needs {self.rows * self.cols} tokens, got {len(self.token_index)}"
+            )
+
+
+@dataclass
+class ItemCapture:
+    """Everything captured for one item during greedy answering."""
+
+    prompt_len: int  # prompt tokens of this item (padding excluded)
+    answer_ids: np.ndarray  # [T] int64, generated token ids (EOS included if emitted)
+    logprobs: np.ndarray  # [T, V] float32, log-softmax of the model's logits at each step
+    grids: list[ImageGrid]  # one per image in the prompt, in prompt order
+    residual: np.ndarray | None = None  # [T, L + 1, d] at the step's query position
+    attn_write: np.ndarray | None = None  # [T, L, d] attention sub-block output added to the residual
+    mlp_write: np.ndarray | None = None  # [T, L, d] MLP sub-block output added to the residual
+    # Per image: attention of each step's query to that image's tokens on its grid.
+    image_attention: list[np.ndarray] = field(default_factory=list)  # each [L, H, T, rows, cols]
+    image_mass: np.ndarray | None = None  # [L, H, T] total attention on all image tokens
+    text_mass: np.ndarray | None = None  # [L, H, T] total attention on non-image prompt + answer tokens
+    layers: tuple[int, ...] = ()  # which decoder layers the L axis of the arrays above holds
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.answer_ids)
