@@ -16,6 +16,14 @@ from vrp.capture.records import ImageGrid
 
 _REGISTRY: dict[str, type[ModelAdapter]] = {}
 
+# The module paths every supported family shares (HF's VLM classes wrap the language model
+# the same way); adapters extend or override them.
+LANGUAGE_MODULES: dict[str, str] = {
+    "decoder_layers": "model.language_model.layers",
+    "final_norm": "model.language_model.norm",
+    "unembed": "lm_head",
+}
+
 
 class UnsupportedModelError(ValueError):
     """The model's ``model_type`` has no adapter."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from vrp.models.base import ModelAdapter, register
+from vrp.models.base import LANGUAGE_MODULES, ModelAdapter, register
 
 
 @register
@@ -14,9 +14,7 @@ class LlavaAdapter(ModelAdapter):
     module_paths: ClassVar[dict[str, str]] = {
         "vision_tower": "model.vision_tower",
         "projector": "model.multi_modal_projector",
-        "decoder_layers": "model.language_model.layers",
-        "final_norm": "model.language_model.norm",
-        "unembed": "lm_head",
+        **LANGUAGE_MODULES,
     }
 
     def prompt(self, question: str) -> str:

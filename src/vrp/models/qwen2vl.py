@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from vrp.models.base import ModelAdapter, register
+from vrp.models.base import LANGUAGE_MODULES, ModelAdapter, register
 
 
 @register
@@ -13,9 +13,8 @@ class Qwen2VLAdapter(ModelAdapter):
     family = "qwen2vl"
     module_paths: ClassVar[dict[str, str]] = {
         "vision_tower": "model.visual",
-        "decoder_layers": "model.language_model.layers",
-        "final_norm": "model.language_model.norm",
-        "unembed": "lm_head",
+        "projector": "model.visual.merger",
+        **LANGUAGE_MODULES,
     }
 
     def image_layouts(self, enc: dict) -> list[tuple[int, int, int]]:

@@ -206,17 +206,21 @@ def render(scene: Scene, cfg: WorldConfig) -> Image.Image:
     img = Image.new("RGB", (scene.size, scene.size), cfg.background)
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
-        x0, y0, x1, y1 = o.box
-        fill = _rgb(o.hue)
-        if o.shape == "circle":
-            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
-        elif o.shape == "square":
-            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
-        elif o.shape == "triangle":
-            draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
-        else:  # pragma: no cover - guarded by SHAPES
-            raise ValueError(f"unknown shape {o.shape!r}")
+        draw_shape(draw, o, _rgb(o.hue))
     return img
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, o: Obj, fill) -> None:
+    """Draw one object's shape inside its box with ``fill`` (any Pillow colour value)."""
+    x0, y0, x1, y1 = o.box
+    if o.shape == "circle":
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    elif o.shape == "square":
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    elif o.shape == "triangle":
+        draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
+    else:  # pragma: no cover - guarded by SHAPES
+        raise ValueError(f"unknown shape {o.shape!r}")
 
 
 def png_bytes(img: Image.Image) -> bytes:

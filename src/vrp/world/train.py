@@ -96,18 +96,12 @@ def patch_labels(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     """
     from PIL import Image, ImageDraw
 
-    from vrp.world.scene import COLOURS, SHAPES
+    from vrp.world.scene import COLOURS, SHAPES, draw_shape
 
-    idmap = Image.new("L", (scene.size, scene.size), 0)
+    idmap = Image.new("L", (scene.size, scene.size), 0)  # pixel value = object index + 1
     draw = ImageDraw.Draw(idmap)
     for k, o in enumerate(scene.objects, start=1):
-        x0, y0, x1, y1 = o.box
-        if o.shape == "circle":
-            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=k)
-        elif o.shape == "square":
-            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=k)
-        else:
-            draw.polygon([((x0 + x1 - 1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=k)
+        draw_shape(draw, o, k)
     ids = np.asarray(idmap)
     ps = scene.size // grid
     colour = np.full(grid * grid, len(COLOURS), dtype=np.int64)
@@ -134,18 +128,13 @@ class PatchProbe:
     training. This stands in for the pretrained vision encoder a real VLM starts from.
     """
 
-    def __init__(self, model, family: str, hidden: int):
+    def __init__(self, model, projector_path: str, hidden: int):
         import torch
 
         from vrp.world.scene import COLOURS, SHAPES
 
-        path = {
-            "llava": "model.multi_modal_projector",
-            "paligemma": "model.multi_modal_projector",
-            "qwen2vl": "model.visual.merger",
-        }[family]
         self.feats = None
-        self.handle = model.get_submodule(path).register_forward_hook(self._hook)
+        self.handle = model.get_submodule(projector_path).register_forward_hook(self._hook)
         self.colour = torch.nn.Linear(hidden, len(COLOURS) + 1)
         self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
 
@@ -344,7 +333,11 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
         t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    probe = PatchProbe(model, adapter.family, model.config.text_config.hidden_size) if cfg.patch_weight > 0 else None
+    probe = (
+        PatchProbe(model, adapter.module_paths["projector"], model.config.text_config.hidden_size)
+        if cfg.patch_weight > 0
+        else None
+    )
     if probe is not None:
         opt.add_param_group({"params": probe.parameters(), "weight_decay": 0.0})
     grid = wcfg.image_size // cfg.patch
