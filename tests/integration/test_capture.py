@@ -91,12 +91,24 @@ def test_captured_attention_equals_eager_rows(adapters, images, arch):
 def test_logit_lens_of_last_layer_equals_model_logits(adapters, images, arch):
     ad = adapters[arch]
     recs = capture_generate(ad, images, _prompts(ad), CaptureConfig(max_new_tokens=3, dtype="float32"))
-    norm, unembed = ad.final_norm(), ad.unembed()
     for rec in recs:
-        with torch.no_grad():
-            lens = unembed(norm(torch.as_tensor(rec.residual[:, -1, :])))  # [T, V]
+        lens = ad.logit_lens(rec.residual[:, -1, :])  # [T, V]
         assert np.allclose(torch.log_softmax(lens, -1).numpy(), rec.logprobs, atol=1e-4)
         assert (lens.argmax(-1).numpy() == rec.answer_ids).all()  # greedy answer = lens argmax
+        # earlier layers give different distributions (the lens is not trivially the output)
+        assert not np.allclose(ad.logit_lens(rec.residual[:, 1, :]).numpy(), lens.numpy(), atol=1e-3)
+
+
+def test_logit_lens_applies_final_softcap(adapters):
+    ad = adapters["paligemma"]
+    h = torch.randn(3, ad.text_config.hidden_size)
+    plain = ad.logit_lens(h)
+    ad.text_config.final_logit_softcapping = 2.0
+    try:
+        capped = ad.logit_lens(h)
+    finally:
+        ad.text_config.final_logit_softcapping = None
+    assert torch.allclose(capped, 2.0 * torch.tanh(plain / 2.0), atol=1e-6) and capped.abs().max() < 2.0
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -144,6 +144,19 @@ class ModelAdapter:
         """Final-logit soft-capping (Gemma-2 style), or None."""
         return getattr(self.text_config, "final_logit_softcapping", None)
 
+    def logit_lens(self, hidden: Any) -> Any:
+        """Logits read from residual vectors ``[..., d]`` through the model's own final norm
+        and unembedding, with final-logit soft-capping where the model has it."""
+        import torch
+
+        with torch.no_grad():
+            h = torch.as_tensor(hidden, dtype=self.unembed().weight.dtype, device=self.model.device)
+            logits = self.unembed()(self.final_norm()(h))
+            cap = self.logit_softcap
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+        return logits
+
     def image_layouts(self, enc: dict) -> list[tuple[int, int, int]]:
         """(rows, cols, leading non-grid tokens) of every image in the batch, in order.
 
