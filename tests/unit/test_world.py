@@ -269,15 +269,19 @@ def _resolve_unique(scene: Scene, name: str, with_colour: bool, box: list) -> ob
 
 def _qualifying_pairs(scene: Scene) -> list:
     """(a, b) pairs with an unambiguous relation where both have a unique colour+shape name
-    (possibly with size)."""
+    (possibly with size) and whose centres straddle the image's centre line on that axis."""
 
     def nameable(o):
         return len(matching(scene, [o.colour, o.shape])) == 1 or len(matching(scene, [o.size, o.colour, o.shape])) == 1
 
+    def straddle(a, b, rel):
+        (ax, ay), (bx, by), half = centre(a.box), centre(b.box), scene.size / 2
+        return ((ax - half) * (bx - half) if rel in ("left", "right") else (ay - half) * (by - half)) < 0
+
     return [
         (a, b)
         for a, b in itertools.permutations(scene.objects, 2)
-        if nameable(a) and nameable(b) and expected_relation(a.box, b.box) is not None
+        if nameable(a) and nameable(b) and (rel := expected_relation(a.box, b.box)) is not None and straddle(a, b, rel)
     ]
 
 
@@ -333,6 +337,10 @@ def test_every_item_answer_rederived_from_scene(mixed):
             assert r["meta"]["relation"] == word
             assert dom >= Q.SPATIAL_MIN_PX
             assert dom >= Q.SPATIAL_DOMINANCE * other
+            # the two centres straddle the image's centre line on the relation's axis
+            half = sc.size / 2
+            ca, cb = (ax, bx) if word in ("left", "right") else (ay, by)
+            assert (ca - half) * (cb - half) < 0
         elif r["task"] == "attribute":
             m = ATTR_RE.match(r["question"])
             assert m, r["question"]

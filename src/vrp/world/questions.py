@@ -10,7 +10,8 @@ Question families (the ``task`` field of an item):
 - ``counting``: "How many objects are in the image?" -> "1".."N".
 - ``spatial``: "Where is the red circle relative to the blue square?" -> left, right,
   above or below; only asked about pairs whose relation is unambiguous (one axis
-  dominates by a clear margin).
+  dominates by a clear margin) and whose centres lie on opposite sides of the image's
+  centre line on that axis (so the relation is visible at the scale of the whole image).
 - ``attribute``: "What colour is the circle?" -> colour name; only asked when the
   named shape (with its size if needed) identifies one object.
 """
@@ -61,6 +62,14 @@ def relation(a: Obj, b: Obj) -> str | None:
     if abs(dy) >= SPATIAL_MIN_PX and abs(dy) >= SPATIAL_DOMINANCE * abs(dx):
         return "above" if dy < 0 else "below"
     return None
+
+
+def opposite_sides(a: Obj, b: Obj, rel: str, size: int) -> bool:
+    """Whether a and b lie on opposite sides of the image's centre line along ``rel``'s axis."""
+    c = size / 2
+    if rel in ("left", "right"):
+        return (a.cx - c) * (b.cx - c) < 0
+    return (a.cy - c) * (b.cy - c) < 0
 
 
 def referring_name(scene: Scene, obj: Obj, with_colour: bool) -> str | None:
@@ -171,8 +180,10 @@ def spatial_question(scene: Scene, rng: np.random.Generator) -> Question | None:
             if a is b:
                 continue
             rel = relation(a, b)
+            if rel is None or not opposite_sides(a, b, rel, scene.size):
+                continue
             na, nb = referring_name(scene, a, True), referring_name(scene, b, True)
-            if rel is not None and na is not None and nb is not None:
+            if na is not None and nb is not None:
                 pairs.append((a, b, na, nb, rel))
     if not pairs:
         return None

@@ -1,0 +1,52 @@
+"""Print the README's toy-model accuracy table from the shipped checkpoints' eval.json files.
+
+python scripts/toy_table.py            # print the markdown table
+python scripts/toy_table.py --readme   # replace the table between the markers in README.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CKPT = ROOT / "src" / "vrp" / "world" / "checkpoints"
+BEGIN, END = "<!-- toy-table:begin -->", "<!-- toy-table:end -->"
+TASKS = ("existence", "counting", "spatial", "attribute")
+
+
+def table() -> str:
+    lines = [
+        "| model | " + " | ".join(TASKS) + " | all | training step kept |",
+        "|---|" + "---|" * (len(TASKS) + 2),
+    ]
+    for d in sorted(CKPT.glob("toy-*")):
+        ev = json.loads((d / "eval.json").read_text())
+        step = json.loads((d / "training_log.json").read_text())["chosen"]["step"]
+        acc = ev["accuracy"]
+
+        def cell(a: dict) -> str:
+            lo, hi = a["ci95"]
+            return f"{a['accuracy']:.3f} [{lo:.2f}, {hi:.2f}] (n={a['n']})"
+
+        cells = [cell(acc["by_task"][t]) for t in TASKS] + [cell(acc["overall"])]
+        lines.append(f"| `{d.name}` | " + " | ".join(cells) + f" | {step} |")
+    return (
+        "\n".join(lines)
+        + "\n\nAccuracy [95% Wilson interval] (n items), greedy answers on the held-out evaluation set."
+    )
+
+
+def main() -> None:
+    t = table()
+    if "--readme" in sys.argv:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
+        readme.write_text(text[:a] + "\n" + t + "\n" + text[b:])
+    print(t)
+
+
+if __name__ == "__main__":
+    main()
