@@ -7,6 +7,8 @@ pre-norm blocks; plain ``generate``; and, for the grid mapping, a vision tower m
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -234,3 +236,33 @@ def test_image_token_count_mismatch_is_a_clear_error(adapters, images):
     enc["input_ids"][0, 3] = ad.tokenizer.convert_tokens_to_ids("is")  # break the image block
     with pytest.raises(ValueError, match="contiguous image tokens"):
         ad.image_grids(enc)
+
+
+def test_eager_fallback_when_attention_bypasses_the_capture_function(adapters, images, monkeypatch, caplog):
+    """A model whose language attention never calls vrp_capture gets the logged eager
+    fallback, with the same rows as eager output_attentions (never a silent uniform map)."""
+    from vrp.capture import engine
+
+    ad = adapters["qwen2vl"]
+    ref = capture_generate(ad, images, _prompts(ad), CaptureConfig(max_new_tokens=3, dtype="float32"))
+    monkeypatch.setattr(
+        engine,
+        "language_attention",
+        lambda model, impl: contextlib.nullcontext() if impl != "eager" else _eager_ctx(model),
+    )
+    with caplog.at_level("WARNING"):
+        got = capture_generate(ad, images, _prompts(ad), CaptureConfig(max_new_tokens=3, dtype="float32"))
+    assert "falling back to eager" in caplog.text
+    for a, b in zip(ref, got, strict=True):
+        assert (a.answer_ids == b.answer_ids).all()
+        assert np.allclose(a.image_attention[0], b.image_attention[0], atol=1e-5)
+        assert np.allclose(a.image_mass, b.image_mass, atol=1e-5)
+
+
+@contextlib.contextmanager
+def _eager_ctx(model):
+    model.set_attn_implementation({"text_config": "eager"})
+    try:
+        yield
+    finally:
+        model.set_attn_implementation({"text_config": "sdpa"})

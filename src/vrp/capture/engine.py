@@ -10,6 +10,7 @@ restored afterwards.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ import torch
 from vrp.capture.attention import IMPL_NAME, AttentionRecorder, recording, register
 from vrp.capture.records import ImageGrid, ItemCapture
 
+log = logging.getLogger(__name__)
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -147,7 +149,28 @@ def capture_generate(adapter, images: list, prompts: list[str], cfg: CaptureConf
             )
     finally:
         taps.remove()
+    if cfg.attention and not recorder.rows:
+        _eager_fallback(model, enc, cfg, keep, recorder, tok.pad_token_id)
     return _assemble(enc, out, grids, taps, recorder, keep, cfg, tok.eos_token_id)
+
+
+def _eager_fallback(model, enc, cfg: CaptureConfig, keep: list[int], recorder: AttentionRecorder, pad_id: int) -> None:
+    """The language model did not route attention through ``vrp_capture`` (a family with its
+    own attention code): re-run greedy generation with eager attention and
+    ``output_attentions`` and keep the last query row of every step. Logged, never silent."""
+    log.warning(
+        "%s: attention did not go through the vrp_capture function; falling back to eager "
+        "output_attentions in a second generate pass (slower, same greedy answers)",
+        type(model).__name__,
+    )
+    with torch.no_grad(), language_attention(model, "eager"):
+        out = model.generate(
+            **enc, max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=pad_id,
+            output_attentions=True, return_dict_in_generate=True,
+        )  # fmt: skip
+    for step in out.attentions:  # per step: per layer [B, H, q, keys]
+        for i in keep:
+            recorder.add(i, step[i][:, :, -1, :].float())
 
 
 @contextmanager
