@@ -5,19 +5,21 @@ Specs:
                            directory (``world_images`` images, the run's seed)
     shapesworld:N          the same with N images
     generic:PATH | PATH    a generic JSONL file (or a folder holding ``items.jsonl``)
+    FORMAT:SPEC            a published benchmark (vrp.data.benchmarks): pope, vqav2, textvqa,
+                           counting, spatial, amber, hallusionbench, llava_bench
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from vrp.data.benchmarks import BENCHMARK_FORMATS, REGISTRY, load_benchmark, sniff
+from vrp.data.errors import DataSpecError
 from vrp.data.items import LoadResult, load_generic_jsonl
 
-FORMATS: tuple[str, ...] = ("shapesworld", "generic")
+FORMATS: tuple[str, ...] = ("shapesworld", "generic", *BENCHMARK_FORMATS)
 
-
-class DataSpecError(ValueError):
-    """A --data value that names no known format or no readable file."""
+__all__ = ["FORMATS", "DataSpecError", "load_data", "split_spec"]
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -49,6 +51,8 @@ def load_data(spec: str, run_dir: Path, seed: int, world_images: int) -> tuple[L
                 raise DataSpecError(f"shapesworld:N needs N >= 1, got {n}")
         path = write_dataset(run_dir / "data", n_images=n, seed=seed)
         return load_generic_jsonl(path), {"format": "shapesworld", "path": str(path), "n_images": n, "seed": seed}
+    if fmt in REGISTRY:
+        return load_benchmark(fmt, rest, run_dir, FORMATS)
     path = Path(rest)
     if path.is_dir():
         path = path / "items.jsonl"
@@ -61,5 +65,9 @@ def load_data(spec: str, run_dir: Path, seed: int, world_images: int) -> tuple[L
     if not result.items:
         first = result.failures[0] if result.failures else None
         why = f"first error at {first.source}: {first.error}" if first else "the file holds no records"
-        raise DataSpecError(f"{path} is not in any supported format ({', '.join(FORMATS)}): no record parsed; {why}")
+        guess = sniff(path)
+        hint = f"; it looks like the {guess} format: use --data {REGISTRY[guess].usage}" if guess else ""
+        raise DataSpecError(
+            f"{path} is not in any supported format ({', '.join(FORMATS)}): no record parsed; {why}{hint}"
+        )
     return result, {"format": fmt, "path": str(path.resolve())}
