@@ -266,3 +266,23 @@ def _eager_ctx(model):
         yield
     finally:
         model.set_attn_implementation({"text_config": "sdpa"})
+
+
+@pytest.mark.parametrize("name", ["toy-llava", "toy-paligemma", "toy-qwen2vl"])
+def test_shipped_toys_capture_equals_eager_and_lens(name, images):
+    """The same oracles on the trained, shipped checkpoints (sharp, learned attention)."""
+    from vrp.models import load_adapter
+
+    ad = load_adapter(name)
+    recs = capture_generate(ad, images, _prompts(ad), CaptureConfig(max_new_tokens=3, dtype="float32"))
+    enc, out = _eager_generate(ad, images, 3)
+    pads = (enc["attention_mask"] == 0).sum(1)
+    for b, rec in enumerate(recs):
+        for t in range(rec.n_steps):
+            for layer in range(len(ad.decoder_layers())):
+                row = out.attentions[t][layer][b, :, -1, :].float()
+                g = rec.grids[0]
+                want = row[:, torch.as_tensor(g.token_index) + pads[b]].reshape(-1, g.rows, g.cols)
+                assert (torch.as_tensor(rec.image_attention[0][layer, :, t]) - want).abs().max() <= 1e-5
+        assert np.allclose(torch.log_softmax(ad.logit_lens(rec.residual[:, -1]), -1).numpy(), rec.logprobs, atol=1e-4)
+        assert np.allclose(rec.residual[:, 1:], rec.residual[:, :-1] + rec.attn_write + rec.mlp_write, atol=1e-4)

@@ -121,14 +121,15 @@ def patch_labels(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class PatchProbe:
-    """Auxiliary per-patch colour/shape heads on the image-token features (training only).
+    """Auxiliary per-patch colour / shape / row / column heads on the image-token features
+    (training only).
 
     The features are read with a forward hook on the module that emits the image tokens
     the language model sees (the projector / merger); the heads are discarded after
     training. This stands in for the pretrained vision encoder a real VLM starts from.
     """
 
-    def __init__(self, model, projector_path: str, hidden: int):
+    def __init__(self, model, projector_path: str, hidden: int, grid: int):
         import torch
 
         from vrp.world.scene import COLOURS, SHAPES
@@ -137,18 +138,30 @@ class PatchProbe:
         self.handle = model.get_submodule(projector_path).register_forward_hook(self._hook)
         self.colour = torch.nn.Linear(hidden, len(COLOURS) + 1)
         self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
+        # Where each token sits (row, column of its patch): keeps position linearly readable
+        # from the token, so an attention head that retrieves an object also retrieves where it is.
+        self.row = torch.nn.Linear(hidden, grid)
+        self.col = torch.nn.Linear(hidden, grid)
+        self.grid = grid
 
     def _hook(self, module, args, output):
         self.feats = output
 
     def parameters(self):
-        return [*self.colour.parameters(), *self.shape.parameters()]
+        return [p for head in (self.colour, self.shape, self.row, self.col) for p in head.parameters()]
 
     def loss(self, colour_t, shape_t):
+        import torch
         import torch.nn.functional as F
 
         f = self.feats.reshape(-1, self.feats.shape[-1])
-        return F.cross_entropy(self.colour(f), colour_t) + F.cross_entropy(self.shape(f), shape_t)
+        k = torch.arange(f.shape[0]) % (self.grid * self.grid)  # token index within its image, row-major
+        return (
+            F.cross_entropy(self.colour(f), colour_t)
+            + F.cross_entropy(self.shape(f), shape_t)
+            + F.cross_entropy(self.row(f), k // self.grid)
+            + F.cross_entropy(self.col(f), k % self.grid)
+        )
 
 
 def single_attribute_question(scene: Scene, rng: np.random.Generator) -> Question:
@@ -333,14 +346,11 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
         t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    probe = (
-        PatchProbe(model, adapter.module_paths["projector"], model.config.text_config.hidden_size)
-        if cfg.patch_weight > 0
-        else None
-    )
-    if probe is not None:
-        opt.add_param_group({"params": probe.parameters(), "weight_decay": 0.0})
     grid = wcfg.image_size // cfg.patch
+    probe = None
+    if cfg.patch_weight > 0:
+        probe = PatchProbe(model, adapter.module_paths["projector"], model.config.text_config.hidden_size, grid)
+        opt.add_param_group({"params": probe.parameters(), "weight_decay": 0.0})
     names = list(cfg.task_weights)
     w = np.array([cfg.task_weights[n] for n in names], dtype=float)
     w /= w.sum()
