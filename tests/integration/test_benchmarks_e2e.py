@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.helpers import bomb_png
 from vrp.cli import app
 from vrp.data.benchmarks.summary import official_metrics_of_run
 from vrp.data.scoring import CORRECT_THRESHOLD, score_generic
@@ -37,17 +36,6 @@ def dump(path: Path, obj) -> Path:
 def jsonl(path: Path, recs: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in recs))
-    return path
-
-
-def bomb_png(path: Path, side: int) -> Path:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
-    )
     return path
 
 

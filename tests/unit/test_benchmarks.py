@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.helpers import bomb_png
 from vrp.data.benchmarks import REGISTRY, load_benchmark, sniff
 from vrp.data.benchmarks._common import parse_spec
 from vrp.data.benchmarks.llava_bench import JUDGE_RULE, Review, aggregate, judge_prompt, parse_scores, review
@@ -34,19 +33,6 @@ def png_bytes(color=(0, 0, 255)) -> bytes:
     buf = BytesIO()
     Image.new("RGB", (8, 8), color).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def bomb_png(path: Path, width: int, height: int) -> Path:
-    """A valid PNG header declaring width x height pixels, with almost no data (a bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
-    )
-    return path
 
 
 def jsonl(path: Path, lines: list) -> Path:
