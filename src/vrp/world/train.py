@@ -58,6 +58,7 @@ class TrainConfig:
     threads: int = 0  # 0 = torch default
     patch_weight: float = 1.0  # weight of the auxiliary per-patch colour/shape loss
     patch: int = 12  # pixels per image token side
+    position_heads: bool = True  # also predict each token's patch row/column in the auxiliary heads
     curriculum: float = 0.4  # fraction of steps over which max objects rises from 2 to the world's
     task_weights: dict = field(
         default_factory=lambda: {
@@ -129,7 +130,7 @@ class PatchProbe:
     training. This stands in for the pretrained vision encoder a real VLM starts from.
     """
 
-    def __init__(self, model, projector_path: str, hidden: int, grid: int):
+    def __init__(self, model, projector_path: str, hidden: int, grid: int, position: bool = True):
         import torch
 
         from vrp.world.scene import COLOURS, SHAPES
@@ -140,15 +141,16 @@ class PatchProbe:
         self.shape = torch.nn.Linear(hidden, len(SHAPES) + 1)
         # Where each token sits (row, column of its patch): keeps position linearly readable
         # from the token, so an attention head that retrieves an object also retrieves where it is.
-        self.row = torch.nn.Linear(hidden, grid)
-        self.col = torch.nn.Linear(hidden, grid)
+        self.row = torch.nn.Linear(hidden, grid) if position else None
+        self.col = torch.nn.Linear(hidden, grid) if position else None
         self.grid = grid
 
     def _hook(self, module, args, output):
         self.feats = output
 
     def parameters(self):
-        return [p for head in (self.colour, self.shape, self.row, self.col) for p in head.parameters()]
+        heads = (self.colour, self.shape, self.row, self.col)
+        return [p for head in heads if head is not None for p in head.parameters()]
 
     def loss(self, colour_t, shape_t):
         import torch
@@ -156,12 +158,10 @@ class PatchProbe:
 
         f = self.feats.reshape(-1, self.feats.shape[-1])
         k = torch.arange(f.shape[0]) % (self.grid * self.grid)  # token index within its image, row-major
-        return (
-            F.cross_entropy(self.colour(f), colour_t)
-            + F.cross_entropy(self.shape(f), shape_t)
-            + F.cross_entropy(self.row(f), k // self.grid)
-            + F.cross_entropy(self.col(f), k % self.grid)
-        )
+        loss = F.cross_entropy(self.colour(f), colour_t) + F.cross_entropy(self.shape(f), shape_t)
+        if self.row is not None:
+            loss = loss + F.cross_entropy(self.row(f), k // self.grid) + F.cross_entropy(self.col(f), k % self.grid)
+        return loss
 
 
 def single_attribute_question(scene: Scene, rng: np.random.Generator) -> Question:
@@ -349,7 +349,8 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
     grid = wcfg.image_size // cfg.patch
     probe = None
     if cfg.patch_weight > 0:
-        probe = PatchProbe(model, adapter.module_paths["projector"], model.config.text_config.hidden_size, grid)
+        hidden = model.config.text_config.hidden_size
+        probe = PatchProbe(model, adapter.module_paths["projector"], hidden, grid, cfg.position_heads)
         opt.add_param_group({"params": probe.parameters(), "weight_decay": 0.0})
     names = list(cfg.task_weights)
     w = np.array([cfg.task_weights[n] for n in names], dtype=float)
