@@ -86,7 +86,9 @@ def test_short_training_is_seeded_saves_loadable_model_and_reaches_vision_tower(
 
 
 def test_other_seed_gives_other_weights(tmp_path):
-    cfg = TrainConfig(arch="qwen2vl", steps=2, batch_size=2, eval_every=2, eval_images=2, warmup=1, threads=1)
+    cfg = TrainConfig(
+        arch="qwen2vl", steps=2, batch_size=2, eval_every=2, eval_images=2, warmup=1, threads=1, position_heads=True
+    )
     train(cfg, tmp_path / "a")
     train(replace(cfg, seed=1), tmp_path / "b")
     sa = load_adapter(str(tmp_path / "a")).model.state_dict()

@@ -1,14 +1,8 @@
-"""The per-architecture training recipes that produced the shipped toy checkpoints.
+"""The training recipe that produced the shipped toy checkpoints (all three architectures).
 
-Two recipes exist; ``RECIPES`` maps each architecture to the one its shipped checkpoint
-was trained with (see README "Toy models" for the measured accuracies of each).
-
-- ``FIRST``: task weights favouring existence and spatial, a long object-count curriculum
-  (40% of steps), per-patch colour/shape auxiliary heads only.
-- ``SECOND``: rebalanced towards attribute and counting, a short curriculum (15%), and
-  per-patch row/column heads as well, so image tokens keep their position readable.
-
-Both run 6,000 steps: about 13-15 minutes on 2 CPU cores for one model alone.
+Task weights favouring existence and spatial questions, an object-count curriculum over
+the first 40% of steps, per-patch colour/shape auxiliary heads; 6,000 steps, about 13-15
+minutes on 2 CPU cores for one model alone (see README "Toy models").
 """
 
 from __future__ import annotations
@@ -18,26 +12,8 @@ from dataclasses import replace
 from vrp.world.scene import WorldConfig
 from vrp.world.train import TrainConfig
 
-FIRST = TrainConfig(steps=6000, position_heads=False, curriculum=0.4)
-SECOND = TrainConfig(
-    steps=6000,
-    position_heads=True,
-    curriculum=0.15,
-    task_weights={
-        "describe": 1.0,
-        "single": 1.0,
-        "position": 1.5,
-        "existence": 2.0,
-        "counting": 2.0,
-        "spatial": 3.0,
-        "attribute": 2.5,
-    },
-)
-RECIPES: dict[str, TrainConfig] = {
-    "llava": replace(SECOND, arch="llava"),
-    "paligemma": replace(SECOND, arch="paligemma"),
-    "qwen2vl": replace(FIRST, arch="qwen2vl"),
-}
+RECIPE = TrainConfig(steps=6000, position_heads=False, curriculum=0.4)
+RECIPES: dict[str, TrainConfig] = {arch: replace(RECIPE, arch=arch) for arch in ("llava", "paligemma", "qwen2vl")}
 WORLD = WorldConfig()
 
 

@@ -58,7 +58,7 @@ class TrainConfig:
     threads: int = 0  # 0 = torch default
     patch_weight: float = 1.0  # weight of the auxiliary per-patch colour/shape loss
     patch: int = 12  # pixels per image token side
-    position_heads: bool = True  # also predict each token's patch row/column in the auxiliary heads
+    position_heads: bool = False  # also predict each token's patch row/column in the auxiliary heads
     curriculum: float = 0.4  # fraction of steps over which max objects rises from 2 to the world's
     task_weights: dict = field(
         default_factory=lambda: {
