@@ -44,7 +44,7 @@ tok = ad.tokenizer
 def plain():
     enc = ad.encode(images, prompts)
     with torch.no_grad():
-        ad.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        ad.model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
 
 def vrp():
     capture_generate(ad, images, prompts, CaptureConfig(max_new_tokens=new_tokens))
@@ -52,7 +52,7 @@ def vrp():
 def eager():
     enc = ad.encode(images, prompts)
     with torch.no_grad():
-        ad.model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+        ad.model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
                           output_attentions=True, return_dict_in_generate=True)
 
 fn = {"plain": plain, "vrp": vrp, "eager": eager}[method]

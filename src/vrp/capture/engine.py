@@ -200,6 +200,7 @@ def _assemble(
         mlp_w = np.stack([stack_calls(taps.mlp[i]) for i in keep], axis=2)
     np_dtype = np.dtype(str(_DTYPES[cfg.dtype]).replace("torch.", "")) if cfg.dtype != "bfloat16" else np.float32
 
+    rows = _prompt_rows(recorder, keep, n_calls, input_len) if cfg.attention else None
     records = []
     for b in range(gen.shape[0]):
         ids = gen[b].tolist()
@@ -216,33 +217,37 @@ def _assemble(
         if attn_w is not None:
             rec.attn_write = attn_w[b, :T].astype(np_dtype)
             rec.mlp_write = mlp_w[b, :T].astype(np_dtype)
-        if cfg.attention:
-            _attach_attention(rec, recorder, keep, b, T, grids[b])
+        if rows is not None:
+            _attach_attention(rec, rows, b, T, grids[b])
         records.append(rec)
     return records
 
 
-def _attach_attention(
-    rec: ItemCapture, recorder: AttentionRecorder, keep, b: int, T: int, grids: list[ImageGrid]
-) -> None:
-    # rows[layer][call] is [B, H, keys_at_that_call]; image tokens sit in the prompt, so
-    # their key indices are the same at every call.
+def _prompt_rows(recorder: AttentionRecorder, keep, n_calls: int, prompt_len: int) -> torch.Tensor:
+    """Attention rows restricted to prompt keys, stacked: [L, B, H, calls, prompt_len].
+
+    Image tokens sit in the prompt, so their key indices are the same at every call;
+    keys past the prompt (earlier answer tokens) are text by construction.
+    """
     per_layer = []
     for i in keep:
-        calls = recorder.rows.get(i)
-        if not calls or len(calls) < T:
+        calls = recorder.rows.get(i, [])
+        if len(calls) < n_calls:
             raise RuntimeError(
-                f"attention of layer {i} was not captured ({0 if not calls else len(calls)} of {T} steps): "
+                f"attention of layer {i} was not captured ({len(calls)} of {n_calls} steps): "
                 "the model did not route its language attention through the vrp_capture function"
             )
-        per_layer.append([calls[t][b].float().cpu() for t in range(T)])  # T x [H, keys_t]
-    all_img = np.concatenate([g.token_index for g in grids]) if grids else np.zeros(0, dtype=np.int64)
-    img_mass = np.stack(
-        [np.stack([row[:, all_img].sum(-1).numpy() for row in layer], axis=-1) for layer in per_layer]
-    )  # [L, H, T]
+        per_layer.append(torch.stack([c[:, :, :prompt_len] for c in calls[:n_calls]], dim=2))
+    return torch.stack(per_layer).float().cpu()
+
+
+def _attach_attention(rec: ItemCapture, rows: torch.Tensor, b: int, T: int, grids: list[ImageGrid]) -> None:
+    # rows: [L, B, H, calls, prompt_len] in padded prompt coordinates; grids likewise.
+    item = rows[:, b, :, :T, :]  # [L, H, T, prompt_len]
+    all_img = torch.as_tensor(np.concatenate([g.token_index for g in grids]) if grids else np.zeros(0, dtype=np.int64))
+    img_mass = item[..., all_img].sum(-1).numpy()  # [L, H, T]
     rec.image_mass = img_mass.astype(np.float32)
     rec.text_mass = (1.0 - img_mass).astype(np.float32)
     for g in grids:
-        # [L, H, T, rows, cols]
-        a = np.stack([np.stack([row[:, g.token_index].numpy() for row in layer], axis=1) for layer in per_layer])
-        rec.image_attention.append(a.reshape(len(keep), a.shape[1], T, g.rows, g.cols).astype(np.float32))
+        a = item[..., torch.as_tensor(g.token_index)]  # [L, H, T, rows * cols]
+        rec.image_attention.append(a.reshape(*a.shape[:3], g.rows, g.cols).numpy().astype(np.float32))
