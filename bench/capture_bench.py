@@ -8,7 +8,8 @@ one run (this machine is shared and noisy, so only ratios are meaningful):
     eager    eager attention with output_attentions=True during generate (the reference
              approach of the papers' code)
 
-Each (model, method) runs in its own subprocess so peak RSS is per method. Models: the three
+Times are medians of calls interleaved in one process (plain, vrp, eager in turn), so drift
+of this shared machine hits all three alike; peak RSS comes from one subprocess per method. Models: the three
 shipped toys (16 image tokens) and tiny random "long context" models with >= 576 image
 tokens (LLaVA-1.5 geometry: 336 px, patch 14). Prints a table of time and peak-memory ratios.
 
@@ -55,17 +56,35 @@ def eager():
         ad.model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
                           output_attentions=True, return_dict_in_generate=True)
 
+if method == "time":
+    # Interleaved: plain, vrp, eager in turn, so drift of the machine hits all three alike.
+    from vrp.models import load_adapter as _load
+    eager_ad = _load(model)
+    eager_ad.model.set_attn_implementation({"text_config": "eager"})
+    def eager():
+        enc = eager_ad.encode(images, prompts)
+        with torch.no_grad():
+            eager_ad.model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                    output_attentions=True, return_dict_in_generate=True)
+    fns = {"plain": plain, "vrp": vrp, "eager": eager}
+    for f in fns.values():
+        f()  # warm-up
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t = time.perf_counter(); f(); times[k].append(time.perf_counter() - t)
+    n_img = int((ad.encode(images[:1], prompts[:1])["input_ids"] == ad.image_token_id).sum())
+    print(json.dumps({"median": {k: sorted(v)[len(v) // 2] for k, v in times.items()}, "image_tokens": n_img}))
+    raise SystemExit(0)
 fn = {"plain": plain, "vrp": vrp, "eager": eager}[method]
 if method == "eager":
     ad.model.set_attn_implementation({"text_config": "eager"})
 fn()  # warm-up
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-times = []
-for _ in range(repeats):
-    t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+for _ in range(2):
+    fn()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-n_img = int((ad.encode(images[:1], prompts[:1])["input_ids"] == ad.image_token_id).sum())
-print(json.dumps({"time": min(times), "peak_kb": peak, "base_kb": base, "image_tokens": n_img}))
+print(json.dumps({"peak_kb": peak, "base_kb": base}))
 """
 
 
@@ -98,7 +117,7 @@ def main() -> None:
             model = long_context_model(tmp / name, name[5:])
             size = 336
         res = {}
-        for method in ("plain", "vrp", "eager"):
+        for method in ("time", "plain", "vrp", "eager"):
             cmd = [
                 sys.executable,
                 "-c",
@@ -115,22 +134,18 @@ def main() -> None:
             if proc.returncode != 0:
                 raise SystemExit(f"{name}/{method} failed:\n{proc.stderr[-3000:]}")
             res[method] = json.loads(proc.stdout.strip().splitlines()[-1])
-        p, v, e = res["plain"], res["vrp"], res["eager"]
-        rows.append(
-            {
-                "model": name,
-                "image_tokens": p["image_tokens"],
-                "plain_s": p["time"],
-                "vrp_s": v["time"],
-                "eager_s": e["time"],
-                "vrp/plain": v["time"] / p["time"],
-                "vrp/eager": v["time"] / e["time"],
-                "peak_mb_plain": p["peak_kb"] / 1024,
-                "peak_mb_vrp": v["peak_kb"] / 1024,
-                "peak_mb_eager": e["peak_kb"] / 1024,
-            }
-        )
-        r = rows[-1]
+        t = res["time"]["median"]
+        r = {
+            "model": name,
+            "image_tokens": res["time"]["image_tokens"],
+            "plain_s": t["plain"],
+            "vrp_s": t["vrp"],
+            "eager_s": t["eager"],
+            "vrp/plain": t["vrp"] / t["plain"],
+            "vrp/eager": t["vrp"] / t["eager"],
+            **{f"peak_mb_{m}": res[m]["peak_kb"] / 1024 for m in ("plain", "vrp", "eager")},
+        }
+        rows.append(r)
         print(
             f"{name:16s} img_tokens={r['image_tokens']:4d}  plain {r['plain_s']:.3f}s  vrp {r['vrp_s']:.3f}s  "
             f"eager {r['eager_s']:.3f}s  vrp/plain {r['vrp/plain']:.2f}x  vrp/eager {r['vrp/eager']:.2f}x  "
