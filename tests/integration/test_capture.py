@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vrp.capture.engine import CaptureConfig, capture_generate
+from vrp.capture.engine import CaptureConfig, capture_generate, language_attention
 from vrp.models import adapter_for
 from vrp.world.dataset import generate
 from vrp.world.scene import WorldConfig, render
@@ -55,15 +55,11 @@ def _prompts(ad):
 
 def _eager_generate(ad, images, steps):
     enc = ad.encode(images, _prompts(ad), padding_side="left")
-    ad.model.set_attn_implementation({"text_config": "eager"})
-    try:
-        with torch.no_grad():
-            out = ad.model.generate(
-                **enc, max_new_tokens=steps, do_sample=False, pad_token_id=ad.tokenizer.pad_token_id,
-                output_attentions=True, return_dict_in_generate=True,
-            )  # fmt: skip
-    finally:
-        ad.model.set_attn_implementation({"text_config": "sdpa"})
+    with torch.no_grad(), language_attention(ad.model, "eager"):
+        out = ad.model.generate(
+            **enc, max_new_tokens=steps, do_sample=False, pad_token_id=ad.tokenizer.pad_token_id,
+            output_attentions=True, return_dict_in_generate=True,
+        )  # fmt: skip
     return enc, out
 
 
@@ -248,7 +244,7 @@ def test_eager_fallback_when_attention_bypasses_the_capture_function(adapters, i
     monkeypatch.setattr(
         engine,
         "language_attention",
-        lambda model, impl: contextlib.nullcontext() if impl != "eager" else _eager_ctx(model),
+        lambda model, impl: contextlib.nullcontext() if impl != "eager" else language_attention(model, impl),
     )
     with caplog.at_level("WARNING"):
         got = capture_generate(ad, images, _prompts(ad), CaptureConfig(max_new_tokens=3, dtype="float32"))
@@ -257,15 +253,6 @@ def test_eager_fallback_when_attention_bypasses_the_capture_function(adapters, i
         assert (a.answer_ids == b.answer_ids).all()
         assert np.allclose(a.image_attention[0], b.image_attention[0], atol=1e-5)
         assert np.allclose(a.image_mass, b.image_mass, atol=1e-5)
-
-
-@contextlib.contextmanager
-def _eager_ctx(model):
-    model.set_attn_implementation({"text_config": "eager"})
-    try:
-        yield
-    finally:
-        model.set_attn_implementation({"text_config": "sdpa"})
 
 
 @pytest.mark.parametrize("name", ["toy-llava", "toy-paligemma", "toy-qwen2vl"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,6 +23,8 @@ from vrp.capture.records import ImageGrid, ItemCapture
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# numpy has no bfloat16: bfloat16 captures are stored as float32 in the records
+_NP_DTYPES = {"float16": np.float16, "bfloat16": np.float32, "float32": np.float32}
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,11 @@ def capture_generate(adapter, images: list, prompts: list[str], cfg: CaptureConf
     taps = _Taps(layers, keep, cfg.residuals, cfg.writes, _DTYPES[cfg.dtype])
     recorder = AttentionRecorder(set(keep))
     try:
-        with torch.no_grad(), language_attention(model, IMPL_NAME), recording(recorder) if cfg.attention else _null():
+        with (
+            torch.no_grad(),
+            language_attention(model, IMPL_NAME),
+            recording(recorder) if cfg.attention else nullcontext(),
+        ):
             out = model.generate(
                 **enc,
                 max_new_tokens=cfg.max_new_tokens,
@@ -173,11 +179,6 @@ def _eager_fallback(model, enc, cfg: CaptureConfig, keep: list[int], recorder: A
             recorder.add(i, step[i][:, :, -1, :].float())
 
 
-@contextmanager
-def _null() -> Iterator[None]:
-    yield
-
-
 def _assemble(
     enc, out, grids, taps: _Taps, recorder: AttentionRecorder, keep, cfg: CaptureConfig, eos_id: int
 ) -> list[ItemCapture]:
@@ -198,7 +199,7 @@ def _assemble(
     if cfg.writes:
         attn_w = np.stack([stack_calls(taps.attn[i]) for i in keep], axis=2)  # [B, calls, L, d]
         mlp_w = np.stack([stack_calls(taps.mlp[i]) for i in keep], axis=2)
-    np_dtype = np.dtype(str(_DTYPES[cfg.dtype]).replace("torch.", "")) if cfg.dtype != "bfloat16" else np.float32
+    np_dtype = _NP_DTYPES[cfg.dtype]
 
     rows = _prompt_rows(recorder, keep, n_calls, input_len) if cfg.attention else None
     records = []

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vrp.fileio import atomic_write_bytes
 from vrp.world.questions import POPE_STRATEGIES, TASKS, DatasetStats, Question, questions_for_scene
 from vrp.world.scene import Scene, WorldConfig, WorldStats, png_bytes, render, sample_scene
 
@@ -54,12 +54,6 @@ def generate(
     return out, dstats
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_dataset(
     out: str | Path,
     n_images: int,
@@ -77,7 +71,7 @@ def write_dataset(
     lines, scene_lines = [], []
     for sq in data:
         name = f"images/{sq.index:06d}.png"
-        _atomic_write(out / name, png_bytes(render(sq.scene, cfg)))
+        atomic_write_bytes(out / name, png_bytes(render(sq.scene, cfg)))
         scene_lines.append(json.dumps({"image": name, **sq.scene.to_dict()}))
         counters: dict[str, int] = {}
         for q in sq.questions:
@@ -93,8 +87,8 @@ def write_dataset(
                 "meta": dict(q.meta),
             }
             lines.append(json.dumps(rec))
-    _atomic_write(out / "items.jsonl", ("\n".join(lines) + "\n").encode())
-    _atomic_write(out / "scenes.jsonl", ("\n".join(scene_lines) + "\n").encode())
+    atomic_write_bytes(out / "items.jsonl", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(out / "scenes.jsonl", ("\n".join(scene_lines) + "\n").encode())
     meta = {
         "format": "vrp-generic-jsonl",
         "generator": "shapesworld",
@@ -104,5 +98,5 @@ def write_dataset(
         "tasks": list(tasks),
         "world": cfg.to_dict(),
     }
-    _atomic_write(out / "world.json", json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(out / "world.json", json.dumps(meta, indent=2).encode())
     return out / "items.jsonl"

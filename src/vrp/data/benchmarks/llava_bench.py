@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,6 +60,30 @@ def _caption(rec: object) -> str:
     raise ValueError("'caption' must be a non-empty string or list of strings")
 
 
+def _index_jsonl(
+    c: Collector,
+    path: Path,
+    key_of: Callable[[dict], str],
+    value_of: Callable[[dict], str],
+    duplicate: str,
+    fail_id_key: str | None = None,
+) -> dict[str, str]:
+    """``{key_of(rec): value_of(rec)}`` over a JSONL file; a bad record or a repeated key
+    (message ``duplicate.format(key)``) is a failure in ``c``, the first value is kept."""
+    out: dict[str, str] = {}
+    for src, rec in iter_jsonl(path):
+        try:
+            if isinstance(rec, ValueError):
+                raise rec
+            key = key_of(rec)
+            if key in out:
+                raise ValueError(duplicate.format(key))
+            out[key] = value_of(rec)
+        except ValueError as e:
+            c.fail(src, str(e), peek_id(rec, fail_id_key) if fail_id_key else None)
+    return out
+
+
 def load_llava_bench(spec: BenchSpec, run_dir: Path) -> Collector:
     """Load the LLaVA-Bench folder (see the module docstring)."""
     root = spec.files[0]
@@ -69,28 +93,17 @@ def load_llava_bench(spec: BenchSpec, run_dir: Path) -> Collector:
     if missing:
         raise DataSpecError(f"{root} is not a LLaVA-Bench folder: missing {', '.join(missing)}")
     c = Collector()
-    contexts: dict[str, str] = {}
-    for src, rec in iter_jsonl(root / "context.jsonl"):
-        try:
-            if isinstance(rec, ValueError):
-                raise rec
-            image = text_of(rec, "image")
-            if image in contexts:
-                raise ValueError(f"duplicate context for image {image!r}")
-            contexts[image] = _caption(rec)
-        except ValueError as e:
-            c.fail(src, str(e))
-    references: dict[str, str] = {}
-    for src, rec in iter_jsonl(root / "answers_gpt4.jsonl"):
-        try:
-            if isinstance(rec, ValueError):
-                raise rec
-            qid = id_of(rec, "question_id")
-            if qid in references:
-                raise ValueError(f"duplicate reference answer for question_id {qid}")
-            references[qid] = text_of(rec, "text")
-        except ValueError as e:
-            c.fail(src, str(e), peek_id(rec, "question_id"))
+    contexts = _index_jsonl(
+        c, root / "context.jsonl", lambda r: text_of(r, "image"), _caption, "duplicate context for image {!r}"
+    )
+    references = _index_jsonl(
+        c,
+        root / "answers_gpt4.jsonl",
+        lambda r: id_of(r, "question_id"),
+        lambda r: text_of(r, "text"),
+        "duplicate reference answer for question_id {}",
+        fail_id_key="question_id",
+    )
     images = spec.images(root / "images")
     for src, rec in iter_jsonl(root / "questions.jsonl"):
 

@@ -17,7 +17,6 @@ Scored by ``vrp.data.scoring.pope_label`` (task ``pope``).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from vrp.data.benchmarks._common import (
@@ -31,6 +30,7 @@ from vrp.data.benchmarks._common import (
 )
 from vrp.data.errors import DataSpecError
 from vrp.data.items import Item
+from vrp.fileio import atomic_write_bytes
 
 SPLITS = ("random", "popular", "adversarial")
 PARQUET_COLUMNS = ("question_id", "question", "answer", "image", "category")
@@ -94,9 +94,7 @@ def _write_image(folder: Path, data: bytes, suffix: str) -> str:
     """Write image bytes once, named by their hash (atomic: temp file, then rename)."""
     path = folder / f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
     if not (path.is_file() and path.stat().st_size == len(data)):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     return str(path)
 
 
