@@ -64,19 +64,32 @@ def run(
     device: str = typer.Option("cpu", help="Torch device."),
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
     world_images: int = typer.Option(300, help="Images in the default ShapesWorld set."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory."),
+    samples: int = typer.Option(10, help="K sampled answers per item for self-consistency (0 = none)."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature of the K samples."),
+    top_p: float = typer.Option(0.9, help="Nucleus mass of the K samples."),
+    rho: float = typer.Option(0.10, help="Attention mass (or patch fraction) kept for component counts."),
+    rho_rule: str = typer.Option("mass", help="mass (smallest set holding rho) or patches (top rho of patches)."),
+    store_layers: str = typer.Option("all", help="Blocks whose residuals/maps are stored: all, none or 0,8,-1."),
+    store_attention: str = typer.Option("mean", help="Stored attention maps: mean (over heads), heads or none."),
+    residuals: bool = typer.Option(True, "--residuals/--no-residuals", help="Store decision-position residuals."),
+    engine: str = typer.Option("local", help="local, or ray (one model replica per Ray worker)."),
+    workers: int = typer.Option(2, help="Ray workers (with --engine ray)."),
+    force: bool = typer.Option(False, "--force", help="Discard what the run directory holds and start over."),
 ) -> None:
-    """Answer every item greedily, score it, and write the run directory."""
+    """Answer and measure every item, writing (or resuming) the run directory."""
     from vrp.config import ConfigError, RunConfig
     from vrp.data.sources import DataSpecError
     from vrp.models import NotAModelError, UnsupportedModelError
-    from vrp.runs.pipeline import RunExistsError
+    from vrp.runs.pipeline import Interrupted, RunExistsError
     from vrp.runs.pipeline import run as run_pipeline
 
     try:
         cfg = RunConfig(
             model=model, data=data, out=str(out), limit=limit, seed=seed, batch_size=batch_size,
             max_new_tokens=max_new_tokens, device=device, dtype=dtype, world_images=world_images,
+            samples=samples, temperature=temperature, top_p=top_p, rho=rho, rho_rule=rho_rule,
+            store_layers=store_layers, store_attention=store_attention, store_residuals=residuals,
+            engine=engine, workers=workers,
         )  # fmt: skip
     except ConfigError as e:
         _fail(str(e))
@@ -91,9 +104,20 @@ def run(
             manifest = run_pipeline(cfg, force=force, on_progress=on_progress)
         except (UnsupportedModelError, NotAModelError, DataSpecError, RunExistsError, FileNotFoundError) as e:
             _fail(str(e))
+        except ConfigError as e:
+            _fail(str(e))
+        except Interrupted as e:
+            _fail(str(e), code=130)
     c = manifest["counts"]
     _print_accuracy(manifest["accuracy"], f"{manifest['model']['name']} on {manifest['data']['format']}")
-    console.print(f"answered {c['answered']}, failed {c['failed']} (see {out / 'failures.jsonl'}); wrote {out}")
+    per_item = manifest["disk"]["bytes_per_item"]
+    console.print(
+        f"answered {c['answered']}, failed {c['failed']} (see {out / 'failures.jsonl'}); "
+        f"shards {manifest['disk']['shard_bytes'] / 1e6:.1f} MB"
+        + (f" ({per_item / 1e3:.1f} kB per item)" if per_item else "")
+        + f"; wrote {out}",
+        soft_wrap=True,
+    )
 
 
 @world_app.command("generate")

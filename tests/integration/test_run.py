@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vrp.cli import app
-from vrp.runs.rundir import ITEMS_SCHEMA
+from vrp.runs.rundir import items_schema
 from vrp.world.dataset import write_dataset
 
 runner = CliRunner()
@@ -29,7 +29,7 @@ def test_run_end_to_end_rows_columns_and_manifest(random_toy_dirs, tmp_path):
     assert res.exit_code == 0, res.output
     src = [json.loads(x) for x in (out / "data" / "items.jsonl").read_text().splitlines()]
     table = pq.read_table(out / "items.parquet")
-    assert table.schema.equals(ITEMS_SCHEMA)
+    assert table.schema.equals(items_schema())
     df = table.to_pandas()
     assert len(df) == len(src)
     assert list(df["id"]) == [r["id"] for r in src]
@@ -37,7 +37,10 @@ def test_run_end_to_end_rows_columns_and_manifest(random_toy_dirs, tmp_path):
     assert df["correct"].equals(df["score"] >= 0.5)
     assert [list(g) for g in df["gold"]] == [r["answers"] for r in src]
     m = json.loads((out / "manifest.json").read_text())
-    assert m["counts"] == {"items_loaded": len(src), "answered": len(src), "failed": 0}
+    assert m["status"] == "complete"
+    assert {k: m["counts"][k] for k in ("items_loaded", "answered", "failed")} == {
+        "items_loaded": len(src), "answered": len(src), "failed": 0
+    }  # fmt: skip
     assert m["config"]["data"] == "shapesworld:6"
     assert m["model"]["model_type"] == "paligemma" and len(m["model"]["sha256"]) == 64
     acc = m["accuracy"]["overall"]
@@ -46,7 +49,7 @@ def test_run_end_to_end_rows_columns_and_manifest(random_toy_dirs, tmp_path):
     assert lo <= acc["accuracy"] <= hi
 
 
-def test_run_limit_and_refuses_existing_dir(random_toy_dirs, tmp_path):
+def test_run_limit_resume_noop_and_refuses_other_config(random_toy_dirs, tmp_path):
     out = tmp_path / "run"
     assert (
         _run(
@@ -55,8 +58,12 @@ def test_run_limit_and_refuses_existing_dir(random_toy_dirs, tmp_path):
         == 0
     )
     assert len(pd.read_parquet(out / "items.parquet")) == 3
+    before = pq.read_table(out / "items.parquet")
+    res = _run("--model", random_toy_dirs["llava"], "--data", "shapesworld:5", "--out", str(out), "--limit", "3")
+    assert res.exit_code == 0, res.output  # same setup: nothing left to do, results unchanged
+    assert pq.read_table(out / "items.parquet").equals(before)
     res = _run("--model", random_toy_dirs["llava"], "--data", "shapesworld:5", "--out", str(out))
-    assert res.exit_code == 2 and "already holds a run" in res.output
+    assert res.exit_code == 2 and "different setup" in res.output and "limit: 3 -> None" in res.output
     res = _run(
         "--model", random_toy_dirs["llava"], "--data", "shapesworld:5", "--out", str(out), "--force", "--limit", "2"
     )

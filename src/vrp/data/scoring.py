@@ -269,6 +269,45 @@ def score_generic(task: str, prediction: str, answers: tuple[str, ...] | list[st
     return float(any(cp == canonicalize(a) for a in answers))
 
 
+def canonical_answer(task: str, text: str) -> str | None:
+    """The answer's cluster label for self-consistency: two answers get the same label
+    exactly when ``task``'s scoring rule reads them as the same answer.
+
+    Per task (the same dispatch as :func:`score_generic`):
+
+    * pope: :func:`pope_label` ("yes"/"no"; never None, as the official rule reads every answer).
+    * amber: "yes" / "no" for exactly "Yes" / "No", else None (the official rule scores every
+      other response wrong, whatever the truth, so those form one unreadable cluster).
+    * hallusionbench: :func:`hallusion_label` ("yes", "no" or "uncertain").
+    * vqav2: the official VQA normalization (:func:`vqa_normalize` after whitespace cleanup),
+      always (the official exception for all-identical human answers is about the golds).
+    * textvqa: the EvalAI normalization (:func:`evalai_normalize`).
+    * other yes/no tasks (existence, yesno): :func:`yes_no`, None without a yes/no word.
+    * counting: the first integer as a string (:func:`extract_int`), None without one.
+    * everything else (llava_bench, spatial, attribute, ...): :func:`canonicalize`.
+
+    An answer that normalizes to the empty string is None (no answer).
+    """
+    if task == "pope":
+        return pope_label(text)
+    if task == "amber":
+        return {"Yes": "yes", "No": "no"}.get(text)
+    if task == "hallusionbench":
+        return hallusion_label(text)
+    if task == "vqav2":
+        label = vqa_normalize(clean_whitespace(text))
+    elif task == "textvqa":
+        label = evalai_normalize(text)
+    elif task in YES_NO_TASKS:
+        return yes_no(text)
+    elif task in COUNT_TASKS:
+        n = extract_int(text)
+        return None if n is None else str(n)
+    else:
+        label = canonicalize(text)
+    return label.strip() or None
+
+
 def is_correct(score: float, threshold: float = CORRECT_THRESHOLD) -> bool:
     """The binary correctness label: ``score >= threshold`` (default 0.5)."""
     return score >= threshold

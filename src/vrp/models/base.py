@@ -8,6 +8,7 @@ Family-specific knowledge lives here and nowhere else.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -196,6 +197,30 @@ class ModelAdapter:
             out.append(grids)
         return out
 
+    def view_box(self, box: Sequence[float], image_size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+        """A pixel box ``[x0, y0, x1, y1]`` of the original image in the coordinates the
+        vision tower sees, normalized to [0, 1] (so it can be laid on the patch grid).
+
+        Follows the image processor's own geometry: a plain resize keeps relative
+        coordinates; a shortest-edge resize followed by a centre crop (CLIP / LLaVA-1.5)
+        shifts and clips them. Returns None when the box falls outside the cropped view.
+        """
+        w, h = image_size
+        x0, y0, x1, y1 = (float(v) for v in box)
+        ip = getattr(self.processor, "image_processor", None)
+        crop = getattr(ip, "crop_size", None) if getattr(ip, "do_center_crop", False) else None
+        if crop is not None:
+            short = _size_field(getattr(ip, "size", None), "shortest_edge") or min(w, h)
+            scale = short / min(w, h)
+            ch, cw = _size_field(crop, "height") or short, _size_field(crop, "width") or short
+            ox, oy = (w * scale - cw) / 2, (h * scale - ch) / 2
+            x0, x1 = (x0 * scale - ox) / cw, (x1 * scale - ox) / cw
+            y0, y1 = (y0 * scale - oy) / ch, (y1 * scale - oy) / ch
+        else:
+            x0, x1, y0, y1 = x0 / w, x1 / w, y0 / h, y1 / h
+        x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0)
+        return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
     def answer_suffix(self, answer: str) -> str:
         """Text appended to ``prompt`` for a teacher-forced answer (training)."""
         return f"{answer}{self.tokenizer.eos_token}"
@@ -204,3 +229,11 @@ class ModelAdapter:
         """Processor call for a batch of (image, prompt) pairs -> model inputs (torch)."""
         self.tokenizer.padding_side = padding_side
         return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True))
+
+
+def _size_field(size: Any, key: str) -> int | None:
+    """A field of an image processor's size object (a dict in older processors)."""
+    if size is None:
+        return None
+    v = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(v) if v else None

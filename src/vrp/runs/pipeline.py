@@ -1,44 +1,44 @@
-"""``vrp run``: answer every item greedily, score it, write the run directory."""
+"""``vrp run``: answer and measure every item, batch by batch, into a resumable run directory.
+
+The item list is cut into batches of ``batch_size`` at fixed positions; each batch is
+committed as one shard (see :mod:`vrp.runs.storage`). Running again on the same directory
+with the same config skips committed batches, so a run killed at any moment resumes with
+results identical to an uninterrupted run. SIGINT/SIGTERM stop after the batch in flight
+and write the merged outputs before exiting.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from PIL import Image
-
 from vrp.config import RunConfig
 from vrp.data.items import Item
-from vrp.data.scoring import is_correct, score_generic
 from vrp.data.sources import load_data
-from vrp.runs.rundir import append_failures, atomic_write_json, model_identity, versions, write_items
+from vrp.runs import storage
+from vrp.runs.rundir import atomic_write_json, fingerprint, model_identity, versions, write_failures, write_table
+from vrp.runs.worker import open_image  # noqa: F401 - re-exported (public since the first release)
 from vrp.stats.intervals import wilson_ci
 
-MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs beyond this many pixels
+log = logging.getLogger("vrp.run")
+Progress = Callable[[int, int, int], None]
 
 
 class RunExistsError(FileExistsError):
-    """The run directory already holds a run."""
+    """The run directory holds a run made with a different config or data."""
 
 
-def open_image(path: str) -> Image.Image:
-    """Open and fully decode an image as RGB; raises ValueError with the reason."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise ValueError(f"image is {w}x{h} = {w * h} pixels, over the {MAX_IMAGE_PIXELS} limit")
-            im.load()
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise ValueError(f"image file not found: {path}") from None
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"image refused as a decompression bomb: {e}") from None
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+class Interrupted(RuntimeError):
+    """The run was stopped by SIGINT/SIGTERM after flushing its completed batches."""
 
 
 def _now() -> str:
@@ -57,103 +57,205 @@ def summarize(rows: list[dict]) -> dict:
     return {"overall": acc(rows), "by_task": {t: acc([r for r in rows if r["task"] == t]) for t in tasks}}
 
 
-def answer_batch(adapter, items: list[Item], images: list[Image.Image], max_new_tokens: int) -> list[tuple[str, int]]:
-    """Greedy answers for a batch: [(decoded text, number of answer tokens before EOS)]."""
-    import torch
+def batches(n_items: int, batch_size: int) -> list[tuple[int, int]]:
+    """The fixed ``[start, end)`` item spans of a run: the unit of work and of commit."""
+    return [(s, min(s + batch_size, n_items)) for s in range(0, n_items, batch_size)]
 
-    tok = adapter.tokenizer
-    enc = adapter.encode(images, [adapter.prompt(it.question) for it in items], padding_side="left")
-    enc = {k: v.to(adapter.model.device) if hasattr(v, "to") else v for k, v in enc.items()}
-    with torch.no_grad():
-        out = adapter.model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+
+# ---- the run directory's identity -------------------------------------------------------
+
+
+def _identity(cfg: RunConfig, items: list[Item], model_path: Path) -> dict:
+    comparable = {k: v for k, v in cfg.to_dict().items() if k not in RunConfig.OPERATIONAL}
+    run_dir = Path(cfg.out).resolve()
+    records = []
+    for it in items:
+        rec = dataclasses.asdict(it)
+        image = Path(it.image).resolve()
+        if image.is_relative_to(run_dir):  # generated into the run directory: a moved run stays resumable
+            rec["image"] = image.relative_to(run_dir).as_posix()
+        records.append(rec)
+    return {
+        "config": comparable,
+        "data_sha256": fingerprint(records),
+        "model_sha256": model_identity(model_path)["sha256"],
+    }
+
+
+def _check_resumable(run_dir: Path, identity: dict) -> None:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    old = manifest.get("identity")
+    if old == identity:
+        return
+    if old is None:
+        raise RunExistsError(f"{run_dir} holds a run without a resumable identity; use --force to overwrite it")
+    diffs = [
+        f"{k}: {old['config'].get(k)!r} -> {v!r}" for k, v in identity["config"].items() if old["config"].get(k) != v
+    ]
+    if old.get("data_sha256") != identity["data_sha256"]:
+        diffs.append("the items (data fingerprint) differ")
+    if old.get("model_sha256") != identity["model_sha256"]:
+        diffs.append("the model's config or weight files differ")
+    raise RunExistsError(
+        f"{run_dir} holds a run made with a different setup ({'; '.join(diffs)}); "
+        "resume it with the same options, choose another --out, or use --force to overwrite it"
+    )
+
+
+def _clear(run_dir: Path) -> None:
+    storage.clear(run_dir)
+    for name in ("items.parquet", "failures.jsonl", "manifest.json", "run.log"):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "data", ignore_errors=True)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set an event (checked between batches) instead of killing the run."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():  # a second signal: give up immediately
+            raise KeyboardInterrupt
+        log.warning(
+            "received %s: finishing the batch in flight, then writing what is done", signal.Signals(signum).name
         )
-    new = out[:, enc["input_ids"].shape[1] :].tolist()
-    results = []
-    for ids in new:
-        if tok.eos_token_id in ids:
-            ids = ids[: ids.index(tok.eos_token_id)]
-        ids = [i for i in ids if i != tok.pad_token_id]
-        results.append((tok.decode(ids, skip_special_tokens=True).strip(), len(ids)))
-    return results
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
-def run(cfg: RunConfig, force: bool = False, on_progress: Callable[[int, int, int], None] | None = None) -> dict:
-    """Run the pipeline of ``cfg``; returns the manifest dict written to the run directory.
+@contextmanager
+def _log_to(run_dir: Path) -> Iterator[None]:
+    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("vrp")
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+# ---- the run -------------------------------------------------------------------------
+
+
+def run(cfg: RunConfig, force: bool = False, on_progress: Progress | None = None) -> dict:
+    """Run (or resume) the pipeline of ``cfg``; returns the manifest written to the run directory.
 
     Args:
         cfg: the run's configuration.
-        force: overwrite a run directory that already holds a finished run.
-        on_progress: called as (done, total, failures) after each batch.
+        force: discard whatever the run directory holds and start over.
+        on_progress: called as (done, total, failures) after each committed batch.
+
+    Raises:
+        RunExistsError: the directory holds a run with a different config, data or model.
+        Interrupted: SIGINT/SIGTERM stopped the run (completed batches are kept).
     """
+    from vrp.models.base import adapter_for, read_model_type
+    from vrp.models.loading import resolve_model_path
+
+    run_dir = Path(cfg.out)
+    if force:
+        _clear(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model_path = resolve_model_path(cfg.model)
+    model_type = read_model_type(model_path)
+    adapter_for(model_type)  # a bad or unsupported model fails here, before any work
+    loaded, provenance = load_data(cfg.data, run_dir, cfg.seed, cfg.world_images)
+    items = loaded.items[: cfg.limit] if cfg.limit else loaded.items
+    identity = _identity(cfg, items, model_path)
+    resuming = (run_dir / "manifest.json").exists()
+    if resuming:
+        _check_resumable(run_dir, identity)
+    load_failures = [{"id": f.id, "stage": "load", "source": f.source, "error": f.error} for f in loaded.failures]
+    spans = batches(len(items), cfg.batch_size)
+
+    with _log_to(run_dir), _stop_on_signals() as stop:
+        done = storage.completed(run_dir)
+        todo = [s for s in spans if s not in done]
+        started = _now() if not resuming else json.loads((run_dir / "manifest.json").read_text()).get("started", _now())
+        manifest = {
+            "status": "running", "identity": identity, "config": cfg.to_dict(), "data": provenance,
+            "versions": versions(), "seed": cfg.seed, "started": started,
+            "model": {"name": cfg.model, "model_type": model_type, **model_identity(model_path)},
+            "counts": {"items_loaded": len(loaded.items), "items": len(items), "batches": len(spans)},
+        }  # fmt: skip
+        atomic_write_json(run_dir / "manifest.json", manifest)
+        log.info("%s: %d items in %d batches, %d already committed", run_dir, len(items), len(spans), len(done))
+        t0 = time.time()
+        if cfg.engine == "ray":
+            from vrp.runs.ray_engine import run_batches_ray
+
+            run_batches_ray(cfg, run_dir, items, todo, spans, stop, on_progress, len(load_failures))
+        else:
+            _run_local(cfg, run_dir, items, todo, spans, stop, on_progress, len(load_failures))
+        return _finish(cfg, run_dir, manifest, load_failures, t0, stop.is_set())
+
+
+def _run_local(cfg, run_dir, items, todo, spans, stop, on_progress, n_load_failed) -> None:
     import torch
 
     from vrp.models import load_adapter
+    from vrp.runs.worker import BatchWorker
 
-    run_dir = Path(cfg.out)
-    if (run_dir / "manifest.json").exists() and not force:
-        raise RunExistsError(f"{run_dir} already holds a run (manifest.json); use --force to overwrite it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("items.parquet", "failures.jsonl", "manifest.json"):
-        (run_dir / stale).unlink(missing_ok=True)
-    started, t0 = _now(), time.time()
+    if not todo:
+        return
     torch.manual_seed(cfg.seed)
-
-    loaded, provenance = load_data(cfg.data, run_dir, cfg.seed, cfg.world_images)
-    failures_path = run_dir / "failures.jsonl"
-    append_failures(
-        failures_path, [{"id": f.id, "stage": "load", "source": f.source, "error": f.error} for f in loaded.failures]
-    )
-    items = loaded.items[: cfg.limit] if cfg.limit else loaded.items
-
-    adapter = load_adapter(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device)
-    rows: list[dict] = []
-    n_failed = len(loaded.failures)
-    for start in range(0, len(items), cfg.batch_size):
-        batch = items[start : start + cfg.batch_size]
-        ok_items, images, failed = [], [], []
-        for it in batch:
-            try:
-                images.append(open_image(it.image))
-                ok_items.append(it)
-            except ValueError as e:
-                failed.append({"id": it.id, "stage": "image", "source": it.image, "error": str(e)})
-        if ok_items:
-            for it, (text, n_tok) in zip(
-                ok_items, answer_batch(adapter, ok_items, images, cfg.max_new_tokens), strict=True
-            ):
-                score = score_generic(it.task, text, it.answers)
-                rows.append(
-                    {
-                        "id": it.id,
-                        "task": it.task,
-                        "question": it.question,
-                        "answer": text,
-                        "gold": list(it.answers),
-                        "score": score,
-                        "correct": is_correct(score),
-                        "image": it.image,
-                        "n_answer_tokens": n_tok,
-                        "meta": json.dumps(it.meta, sort_keys=True),
-                    }
-                )
-        append_failures(failures_path, failed)
-        n_failed += len(failed)
+    worker = BatchWorker(load_adapter(cfg.model, dtype=getattr(torch, cfg.dtype), device=cfg.device), cfg)
+    n_done = sum(e - s for s, e in spans) - sum(e - s for s, e in todo)
+    n_failed = n_load_failed + len(storage.read_failures(run_dir))
+    if on_progress:
+        on_progress(n_done, len(items), n_failed)
+    for start, end in todo:
+        if stop.is_set():
+            break
+        result = worker.run_batch(items[start:end])
+        storage.write_shard(run_dir, start, end, result.table, result.tensors, result.failures, result.meta)
+        n_done += end - start
+        n_failed += len(result.failures)
         if on_progress:
-            on_progress(min(start + cfg.batch_size, len(items)), len(items), n_failed)
+            on_progress(n_done, len(items), n_failed)
 
-    write_items(run_dir / "items.parquet", rows)
-    manifest = {
-        "config": cfg.to_dict(),
-        "model": {"name": cfg.model, "model_type": adapter.model.config.model_type, **model_identity(adapter.path)},
-        "data": provenance,
-        "versions": versions(),
-        "seed": cfg.seed,
-        "started": started,
-        "finished": _now(),
-        "seconds": round(time.time() - t0, 2),
-        "counts": {"items_loaded": len(loaded.items), "answered": len(rows), "failed": n_failed},
-        "accuracy": summarize(rows),
-    }
+
+def _finish(cfg, run_dir: Path, manifest: dict, load_failures: list[dict], t0: float, interrupted: bool) -> dict:
+    table = storage.read_rows(run_dir)
+    failures = load_failures + storage.read_failures(run_dir)
+    if table is not None:
+        write_table(run_dir / "items.parquet", table)
+    write_failures(run_dir / "failures.jsonl", failures)
+    rows = table.select(["task", "correct"]).to_pylist() if table is not None else []
+    n_batches_done = len(storage.completed(run_dir))
+    complete = n_batches_done == manifest["counts"]["batches"]
+    shard_bytes = storage.shard_bytes(run_dir)
+    manifest.update(
+        status="complete" if complete else "interrupted",
+        finished=_now(),
+        seconds_this_session=round(time.time() - t0, 2),
+        accuracy=summarize(rows),
+        disk={
+            "shard_bytes": shard_bytes,
+            "bytes_per_item": round(shard_bytes / len(rows), 1) if rows else None,
+            "items_parquet_bytes": (run_dir / "items.parquet").stat().st_size if table is not None else 0,
+        },
+    )
+    manifest["counts"].update(answered=len(rows), failed=len(failures), batches_committed=n_batches_done)
     atomic_write_json(run_dir / "manifest.json", manifest)
+    if interrupted and not complete:
+        raise Interrupted(
+            f"stopped after {n_batches_done} of {manifest['counts']['batches']} batches; "
+            f"results so far are in {run_dir}; run the same command again to resume"
+        )
     return manifest

@@ -1,9 +1,12 @@
 """The run directory: manifest, per-item table, failures. Files are written atomically.
 
 Layout (see README "Run directory"):
-    manifest.json     resolved config, model identity, data provenance, versions, times, counts
-    items.parquet     one row per answered item
+    manifest.json     resolved config, model identity, data fingerprint, versions, times,
+                      counts, status ("running", "interrupted", "complete"), accuracy
+    items.parquet     one row per answered item (merged from the shards when the run ends)
     failures.jsonl    one JSON object per failed item: {id, stage, source, error}
+    shards/           per-batch arrays + rows, the durable store (see vrp.runs.storage)
+    run.log           the run's log
     data/             the generated dataset when the data is ShapesWorld
 """
 
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -33,29 +35,42 @@ ITEMS_SCHEMA = pa.schema(
         ("image", pa.string()),  # absolute image path
         ("n_answer_tokens", pa.int32()),
         ("meta", pa.string()),  # the item's meta dict as JSON
+        ("samples", pa.list_(pa.string())),  # the K sampled answers (self-consistency), decoded
     ]
 )
+
+
+def items_schema() -> pa.Schema:
+    """The columns of ``items.parquet``: item fields, then one float64 column per signal."""
+    from vrp.signals.catalog import NAMES
+
+    return pa.schema(list(ITEMS_SCHEMA) + [pa.field(n, pa.float64()) for n in NAMES])
 
 
 def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), fsync=True)
 
 
-def write_items(path: Path, rows: list[dict]) -> None:
-    table = pa.Table.from_pylist(rows, schema=ITEMS_SCHEMA)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def write_table(path: Path, table: pa.Table) -> None:
+    """Write a parquet file atomically (temp name, fsync, rename)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes(), fsync=True)
 
 
-def append_failures(path: Path, failures: list[dict]) -> None:
-    if not failures:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        for rec in failures:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def write_failures(path: Path, failures: list[dict]) -> None:
+    """``failures.jsonl``, rewritten whole and atomically (it is derived from the shards)."""
+    text = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in failures)
+    atomic_write_bytes(path, text.encode(), fsync=True)
+
+
+def fingerprint(records: list[dict]) -> str:
+    """sha256 of the items' canonical JSON: the data a run answers, in order."""
+    h = hashlib.sha256()
+    for rec in records:
+        h.update(json.dumps(rec, sort_keys=True).encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def model_identity(path: str | Path) -> dict:
@@ -74,7 +89,7 @@ def model_identity(path: str | Path) -> dict:
 
 def versions() -> dict:
     out = {"python": platform.python_version()}
-    for pkg in ("vrp", "torch", "torchvision", "transformers", "tokenizers", "numpy", "pyarrow"):
+    for pkg in ("vrp", "torch", "torchvision", "transformers", "tokenizers", "numpy", "pyarrow", "safetensors"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

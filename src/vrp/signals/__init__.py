@@ -1,0 +1,1 @@
+"""Reliability signals: pure functions over captured arrays (no model imports here)."""
