@@ -185,7 +185,9 @@ class BatchWorker:
         for key, curve in curves.items():
             arrays["curve." + ("attn_image_mass" if key == "image_mass" else _STRUCT[key])] = curve.astype(np.float32)
         if cfg.store_attention != "none" and self.stored:
-            sel = structural.head_maps(att, steps=steps) if cfg.store_attention == "heads" else maps
+            # "heads": raw attention per head (mean over answer steps, not renormalized, so a
+            # head's image mass is kept); "mean": the renormalized head-averaged map p_l
+            sel = att[:, :, :steps].mean(axis=2) if cfg.store_attention == "heads" else maps
             arrays["attention"] = sel[self.stored].astype(np.float32)
 
     def _mechanistic(self, cap, lens, row: dict, arrays: dict) -> None:
