@@ -10,9 +10,10 @@ import json
 import sys
 from pathlib import Path
 
+from readme_block import replace_block
+
 ROOT = Path(__file__).resolve().parent.parent
 CKPT = ROOT / "src" / "vrp" / "world" / "checkpoints"
-BEGIN, END = "<!-- toy-table:begin -->", "<!-- toy-table:end -->"
 TASKS = ("existence", "counting", "spatial", "attribute")
 
 
@@ -41,10 +42,7 @@ def table() -> str:
 def main() -> None:
     t = table()
     if "--readme" in sys.argv:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
-        readme.write_text(text[:a] + "\n" + t + "\n" + text[b:])
+        replace_block("toy-table", t)
     print(t)
 
 

@@ -18,3 +18,20 @@ def bomb_png(path: Path, width: int, height: int | None = None) -> Path:
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
     )
     return path
+
+
+def assert_tables_equal(a, b, skip: tuple[str, ...] = (), rtol: float = 0.0, atol: float = 0.0) -> None:
+    """Two pyarrow tables hold the same rows: exact (or within rtol/atol) on float columns with
+    NaN == NaN (pyarrow's ``equals`` says NaN != NaN), exact elsewhere; ``skip`` columns ignored."""
+    import numpy as np
+    import pyarrow as pa
+
+    assert a.schema == b.schema and a.num_rows == b.num_rows
+    for name in a.column_names:
+        if name in skip:
+            continue
+        x, y = a.column(name), b.column(name)
+        if pa.types.is_floating(x.type):
+            np.testing.assert_allclose(x.to_numpy(), y.to_numpy(), rtol=rtol, atol=atol, err_msg=name)
+        else:
+            assert x.to_pylist() == y.to_pylist(), name

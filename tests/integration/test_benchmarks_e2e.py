@@ -216,7 +216,8 @@ def test_run_on_benchmark_format(random_toy_dirs, tmp_path, name):
         assert why["3"]["source"].endswith("coco_pope_random.json:3") and "not found" in why["3"]["error"]
     m = json.loads((out / "manifest.json").read_text())
     assert m["data"]["format"] == spec.split(":", 1)[0]
-    assert m["counts"] == {"items_loaded": len(ids) + len(image_fail_ids), "answered": len(ids), "failed": len(fails)}
+    counts = {k: m["counts"][k] for k in ("items_loaded", "answered", "failed")}
+    assert counts == {"items_loaded": len(ids) + len(image_fail_ids), "answered": len(ids), "failed": len(fails)}
     assert set(m["accuracy"]["by_task"]) == {task}
     official = official_metrics_of_run(out)
     assert (task in official) == (task not in ("counting", "spatial"))

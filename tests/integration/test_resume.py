@@ -22,6 +22,8 @@ import pytest
 
 from vrp.runs import storage
 
+from tests.helpers import assert_tables_equal
+
 ARGS = ["--data", "shapesworld:3", "--batch-size", "2", "--samples", "3", "--max-new-tokens", "3", "--seed", "7"]
 
 
@@ -59,14 +61,7 @@ def _snapshot(run_dir: Path) -> dict:
 
 
 def _assert_same(a: dict, b: dict) -> None:
-    ra, rb = a["rows"], b["rows"]
-    assert ra.schema == rb.schema and ra.num_rows == rb.num_rows
-    for name in ra.column_names:  # exact; NaN == NaN (pyarrow's equals says otherwise)
-        x, y = ra.column(name), rb.column(name)
-        if pa.types.is_floating(x.type):
-            np.testing.assert_array_equal(x.to_numpy(), y.to_numpy(), err_msg=name)
-        else:
-            assert x.to_pylist() == y.to_pylist(), name
+    assert_tables_equal(a["rows"], b["rows"])
     assert a["failures"] == b["failures"]
     assert a["arrays"].keys() == b["arrays"].keys()
     for k in a["arrays"]:

@@ -16,7 +16,7 @@ import torch
 from scipy.stats import chi2_contingency, chisquare
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-from vrp.capture.sampling import SampledAnswers, sample_answers
+from vrp.capture.sampling import SampledAnswers, _check_emitted, row_generators, sample_answers
 from vrp.data.scoring import canonical_answer
 from vrp.models import load_adapter
 from vrp.models.loading import TOY_MODELS
@@ -128,6 +128,18 @@ def test_global_rng_untouched_and_arguments_validated(toys, questions):
         sample_answers(ad, images, prompts, [0], k=2)
 
 
+def test_row_streams_are_keyed_by_seed_and_sample_and_emission_is_checked():
+    a, b = row_generators([5, 6], 3), row_generators([6], 3)
+    assert [g.random() for g in a[3:]] == [g.random() for g in b]  # item 6's streams, wherever it sits
+    firsts = [g.random() for g in row_generators([5, 6, 7], 4)]
+    assert len(set(firsts)) == 12
+    gen = torch.tensor([[4, 1, 0], [3, 5, 1]])  # eos = 1, pad = 0
+    draws = [torch.tensor([4, 3]), torch.tensor([1, 5]), torch.tensor([7, 1])]
+    _check_emitted(gen, draws, [1])  # the pad after row 0's EOS is not a draw
+    with pytest.raises(RuntimeError, match="other than the ones"):
+        _check_emitted(gen, [draws[0], torch.tensor([1, 6]), draws[2]], [1])
+
+
 # ---------------------------------------------------------------- limits: greedy
 
 
@@ -162,7 +174,7 @@ def test_cold_or_narrow_sampling_equals_greedy(toys, questions, name):
 
 # ---------------------------------------------------------------- distribution equivalence
 
-N = 200
+N = 160
 
 
 def _sequential(ad, image, prompt, n, temperature):

@@ -66,7 +66,8 @@ def row_generators(seeds: Sequence[int], k: int) -> list[np.random.Generator]:
 
 class _RowSampler(LogitsProcessor):
     """Warp with HF's temperature and top-p warpers, then draw one token per row from that
-    row's own stream; returns 0 at the drawn token and -inf elsewhere (for greedy argmax)."""
+    row's own stream; returns 0 at the drawn token and -inf elsewhere (a one-hot row that
+    generate's own sampling step can only reproduce)."""
 
     def __init__(self, rngs: list[np.random.Generator], temperature: float, top_p: float):
         self.rngs = rngs
@@ -78,12 +79,14 @@ class _RowSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != len(self.rngs):
             raise RuntimeError(f"sampler has {len(self.rngs)} row streams but generate passed {scores.shape[0]} rows")
-        probs = torch.softmax(self.warpers(input_ids, scores).double(), dim=-1)  # [rows, V]
-        u = torch.tensor([g.random() for g in self.rngs], dtype=torch.float64, device=scores.device)
+        dtype = torch.float32 if scores.device.type == "mps" else torch.float64  # MPS has no float64
+        probs = torch.softmax(self.warpers(input_ids, scores).to(dtype), dim=-1)  # [rows, V]
+        u = torch.tensor([g.random() for g in self.rngs], dtype=dtype, device=scores.device)
         cdf = probs.cumsum(dim=-1)
         idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)  # first cdf > u
         # u * total can round up to the total: never step past the last token with mass.
-        last = probs.shape[1] - 1 - torch.argmax((probs.flip(-1) > 0).to(torch.int8), dim=-1)
+        pos = torch.arange(probs.shape[1], device=probs.device)
+        last = torch.where(probs > 0, pos, -1).amax(dim=-1)
         idx = torch.minimum(idx, last)
         self.draws.append(idx)
         out = torch.full_like(scores, -float("inf"))
@@ -91,14 +94,22 @@ class _RowSampler(LogitsProcessor):
         return out
 
 
-def _check_emitted(gen: torch.Tensor, draws: list[torch.Tensor], eos_id: int | None) -> None:
-    """Every token emitted before a row's EOS must be the token the row sampler drew."""
+def _eos_ids(model, tok) -> list[int]:
+    """Every token id that ends a row: the tokenizer's EOS and the generation config's."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    return sorted({int(i) for i in ids} | ({tok.eos_token_id} if tok.eos_token_id is not None else set()))
+
+
+def _check_emitted(gen: torch.Tensor, draws: list[torch.Tensor], eos_ids: list[int]) -> None:
+    """Every token emitted up to a row's first EOS must be the token the row sampler drew."""
     if len(draws) < gen.shape[1]:
         raise RuntimeError(f"the row sampler ran {len(draws)} times for {gen.shape[1]} generated steps")
     drawn = torch.stack(draws[: gen.shape[1]], dim=1).to(gen.device)  # [rows, steps]
     live = torch.ones_like(gen, dtype=torch.bool)
-    if eos_id is not None:  # steps after a row's EOS hold pads, not draws
-        live[:, 1:] = (gen[:, :-1] == eos_id).cumsum(dim=1) == 0
+    if eos_ids:  # steps after a row's EOS hold pads, not draws
+        ended = torch.isin(gen[:, :-1], torch.tensor(eos_ids, device=gen.device))
+        live[:, 1:] = ended.cumsum(dim=1) == 0
     if not torch.equal(gen[live], drawn[live]):
         raise RuntimeError(
             "generate emitted tokens other than the ones the per-row sampler drew: a logits processor "
@@ -140,8 +151,9 @@ def sample_answers(
     Returns:
         One :class:`SampledAnswers` per item, in order, each holding ``k`` samples.
     """
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    k = int(k)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if not 0 < top_p <= 1:
@@ -171,7 +183,7 @@ def sample_answers(
             pad_token_id=tok.pad_token_id,
         )
     gen = out[:, enc["input_ids"].shape[1] :]  # [B * k, steps], item-major
-    _check_emitted(gen, sampler.draws, tok.eos_token_id)
+    _check_emitted(gen, sampler.draws, _eos_ids(model, tok))
     new = gen.tolist()
     results = []
     for b in range(len(prompts)):

@@ -26,7 +26,6 @@ from vrp.data.items import Item
 from vrp.data.sources import load_data
 from vrp.runs import storage
 from vrp.runs.rundir import atomic_write_json, fingerprint, model_identity, versions, write_failures, write_table
-from vrp.runs.worker import open_image  # noqa: F401 - re-exported (public since the first release)
 from vrp.stats.intervals import wilson_ci
 
 log = logging.getLogger("vrp.run")

@@ -18,8 +18,9 @@ def evaluate_checkpoint(model: str, n_images: int = EVAL_IMAGES, seed: int = EVA
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RunConfig(
-            model=model, data=f"shapesworld:{n_images}", out=str(Path(tmp) / "run"), seed=seed, batch_size=batch_size
-        )
+            model=model, data=f"shapesworld:{n_images}", out=str(Path(tmp) / "run"), seed=seed,
+            batch_size=batch_size, samples=0, store_attention="none", store_residuals=False,
+        )  # fmt: skip
         manifest = run(cfg)
     return {"seed": seed, "n_images": n_images, "accuracy": manifest["accuracy"], "counts": manifest["counts"]}
 

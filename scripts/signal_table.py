@@ -1,0 +1,32 @@
+"""Print the README's table of per-item signals from ``vrp.signals.catalog``.
+
+python scripts/signal_table.py            # print the markdown table
+python scripts/signal_table.py --readme   # replace the table between the markers in README.md
+"""
+
+from __future__ import annotations
+
+import sys
+
+from readme_block import replace_block
+
+from vrp.signals.catalog import SIGNALS
+
+
+def table() -> str:
+    lines = ["| column | family | unit | more reliable when | what |", "|---|---|---|---|---|"]
+    for s in SIGNALS:
+        direction = {"higher": "higher", "lower": "lower", "none": "no claim"}[s.direction]
+        lines.append(f"| `{s.name}` | {s.family} | {s.unit} | {direction} | {s.doc} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    t = table()
+    if "--readme" in sys.argv:
+        replace_block("signal-table", t)
+    print(t)
+
+
+if __name__ == "__main__":
+    main()
