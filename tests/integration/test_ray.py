@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import assert_tables_equal
 from vrp.cli import app
 from vrp.runs import storage
-
-from tests.helpers import assert_tables_equal
 
 pytest.importorskip("ray")
 ARGS = ["--data", "shapesworld:4", "--batch-size", "3", "--samples", "3", "--max-new-tokens", "3", "--seed", "3"]

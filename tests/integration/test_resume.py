@@ -20,9 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vrp.runs import storage
-
 from tests.helpers import assert_tables_equal
+from vrp.runs import storage
 
 ARGS = ["--data", "shapesworld:3", "--batch-size", "2", "--samples", "3", "--max-new-tokens", "3", "--seed", "7"]
 

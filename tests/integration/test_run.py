@@ -10,11 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import assert_tables_equal
 from vrp.cli import app
 from vrp.runs.rundir import items_schema
 from vrp.world.dataset import write_dataset
-
-from tests.helpers import assert_tables_equal
 
 runner = CliRunner()
 
