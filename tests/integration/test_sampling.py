@@ -81,6 +81,25 @@ def test_item_samples_do_not_depend_on_batch(toys, questions, name):
     assert [m.texts[:6] for m in more] == [b.texts for b in batched]
 
 
+@pytest.mark.parametrize("name", TOY_MODELS)
+def test_continuing_from_the_greedy_prefix_gives_the_same_samples(toys, questions, name):
+    # vrp run draws the K samples from the greedy capture pass's cached prompt (vision tower
+    # and prompt are not run again); the samples must be the ones a fresh call draws.
+    from vrp.capture.engine import CaptureConfig, capture_generate
+
+    ad = toys[name]
+    images, prompts = _inputs(ad, questions[:7])
+    _assert_padded(ad, prompts)
+    seeds = [200 + i for i in range(len(prompts))]
+    fresh = sample_answers(ad, images, prompts, seeds, k=6)
+    caps, prefix = capture_generate(ad, images, prompts, CaptureConfig(attention=False), keep_prefix=True)
+    assert prefix.cache.get_seq_length() == prefix.input_ids.shape[1] - 1
+    continued = sample_answers(ad, images, prompts, seeds, k=6, prefix=prefix)
+    assert continued == fresh
+    with pytest.raises(ValueError, match="prefix holds"):
+        sample_answers(ad, images[:2], prompts[:2], seeds[:2], k=2, prefix=prefix)
+
+
 @pytest.mark.parametrize("arch", ["llava", "paligemma", "qwen2vl"])
 def test_multi_token_samples_on_random_models(random_toy_dirs, questions, arch):
     # Random weights emit multi-token answers; an EOS logit bias (lm_head hook, about 27%

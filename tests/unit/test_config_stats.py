@@ -32,7 +32,7 @@ def test_runconfig_is_frozen():
         RunConfig().seed = 1  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("extra", [{"batchsize": 4}, {"model": "x", "temperature": 0.0}, {"": 1}])
+@pytest.mark.parametrize("extra", [{"batchsize": 4}, {"model": "x", "temprature": 0.7}, {"": 1}])
 def test_runconfig_unknown_keys_rejected(extra):
     with pytest.raises(ConfigError) as ei:
         RunConfig.from_dict(extra)
@@ -174,3 +174,28 @@ def test_wilson_edges_and_monotonicity():
 def test_wilson_rejects_out_of_range(k, n):
     with pytest.raises(ValueError):
         wilson_ci(k, n)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"samples": -1}, {"samples": True}, {"temperature": 0.0}, {"top_p": 1.5}, {"top_p": 0}, {"rho": 0.0},
+        {"rho": 1.2}, {"rho_rule": "area"}, {"store_attention": "all"}, {"store_layers": "a,b"},
+        {"store_layers": "1;2"}, {"store_residuals": "yes"}, {"engine": "dask"}, {"workers": 0},
+    ],
+)  # fmt: skip
+def test_runconfig_signal_and_storage_options_validated(bad):
+    with pytest.raises(ConfigError):
+        RunConfig(**bad)
+
+
+def test_stored_layers_resolution():
+    assert RunConfig().stored_layers(4) == [0, 1, 2, 3]
+    assert RunConfig(store_layers="none").stored_layers(4) == []
+    assert RunConfig(store_layers="3, 0,-1").stored_layers(4) == [0, 3]
+    assert RunConfig(temperature=1).temperature == 1  # an int is a fine float
+    with pytest.raises(ConfigError, match="outside the model's 4 decoder blocks"):
+        RunConfig(store_layers="0,4").stored_layers(4)
+    with pytest.raises(ConfigError, match="outside"):
+        RunConfig(store_layers="-5").stored_layers(4)
+    assert set(RunConfig.OPERATIONAL) == {"engine", "workers", "out"}

@@ -115,7 +115,26 @@ def _unpad(grid: ImageGrid, offset: int) -> ImageGrid:
     return ImageGrid(rows=grid.rows, cols=grid.cols, token_index=grid.token_index - offset)
 
 
-def capture_generate(adapter, images: list, prompts: list[str], cfg: CaptureConfig | None = None) -> list[ItemCapture]:
+@dataclass
+class PromptPrefix:
+    """The greedy pass's processed prompt, kept so that sampling can continue from it
+    instead of running the vision tower and the prompt through the model again.
+
+    ``cache`` holds the key/value cache of the first ``input_ids.shape[1] - 1`` prompt
+    positions (the last one is recomputed by whoever continues, which yields the first
+    answer step's logits); ``state`` is the family's own generation state (see
+    ``ModelAdapter.generation_state``).
+    """
+
+    input_ids: torch.Tensor  # [B, P] left-padded prompt ids
+    attention_mask: torch.Tensor  # [B, P]
+    cache: object
+    state: dict
+
+
+def capture_generate(
+    adapter, images: list, prompts: list[str], cfg: CaptureConfig | None = None, keep_prefix: bool = False
+) -> list[ItemCapture] | tuple[list[ItemCapture], PromptPrefix]:
     """Answer a batch greedily and capture what ``cfg`` asks for, in the same generate call.
 
     Args:
@@ -123,9 +142,10 @@ def capture_generate(adapter, images: list, prompts: list[str], cfg: CaptureConf
         images: one PIL image per prompt (each prompt holds its image placeholders).
         prompts: prompt texts as built by ``adapter.prompt``.
         cfg: what to capture.
+        keep_prefix: also return the processed prompt (:class:`PromptPrefix`) for sampling.
 
     Returns:
-        One :class:`ItemCapture` per prompt, in order.
+        One :class:`ItemCapture` per prompt, in order (and the prefix when ``keep_prefix``).
     """
     cfg = cfg or CaptureConfig()
     register()
@@ -157,7 +177,13 @@ def capture_generate(adapter, images: list, prompts: list[str], cfg: CaptureConf
         taps.remove()
     if cfg.attention and not recorder.rows:
         _eager_fallback(model, enc, cfg, keep, recorder, tok.pad_token_id)
-    return _assemble(enc, out, grids, taps, recorder, keep, cfg, tok.eos_token_id)
+    records = _assemble(enc, out, grids, taps, recorder, keep, cfg, tok.eos_token_id)
+    if not keep_prefix:
+        return records
+    cache = out.past_key_values
+    cache.crop(-(cache.get_seq_length() - (enc["input_ids"].shape[1] - 1)))
+    prefix = PromptPrefix(enc["input_ids"], enc["attention_mask"], cache, adapter.generation_state())
+    return records, prefix
 
 
 def _eager_fallback(model, enc, cfg: CaptureConfig, keep: list[int], recorder: AttentionRecorder, pad_id: int) -> None:

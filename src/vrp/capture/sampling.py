@@ -134,6 +134,7 @@ def sample_answers(
     temperature: float = 0.7,
     top_p: float = 0.9,
     max_new_tokens: int = 10,
+    prefix=None,
 ) -> list[SampledAnswers]:
     """Draw ``k`` nucleus-sampled answers for each item in one batched ``generate`` call.
 
@@ -147,6 +148,9 @@ def sample_answers(
         temperature: softmax temperature (> 0).
         top_p: nucleus mass in (0, 1]; 1 disables the nucleus filter.
         max_new_tokens: answer length cap.
+        prefix: the :class:`vrp.capture.engine.PromptPrefix` of a greedy pass over the same
+            images and prompts: the K samples then continue from its cached prompt (repeated
+            K times) instead of running the vision tower and the prompt again. Consumed.
 
     Returns:
         One :class:`SampledAnswers` per item, in order, each holding ``k`` samples.
@@ -169,16 +173,29 @@ def sample_answers(
     if not prompts:
         return []
     model, tok = adapter.model, adapter.tokenizer
-    enc = adapter.encode(images, prompts, padding_side="left")
-    enc = {key: v.to(model.device) if hasattr(v, "to") else v for key, v in enc.items()}
+    if prefix is None:
+        enc = adapter.encode(images, prompts, padding_side="left")
+        enc = {key: v.to(model.device) if hasattr(v, "to") else v for key, v in enc.items()}
+        expand = {"num_return_sequences": k}
+    else:
+        if prefix.input_ids.shape[0] != len(prompts):
+            raise ValueError(f"the prefix holds {prefix.input_ids.shape[0]} prompts, not {len(prompts)}")
+        # Continue from the greedy pass's cached prompt: only its last position is run again.
+        prefix.cache.batch_repeat_interleave(k)
+        adapter.restore_generation_state(prefix.state, k)
+        enc = {
+            "input_ids": prefix.input_ids.repeat_interleave(k, dim=0),
+            "attention_mask": prefix.attention_mask.repeat_interleave(k, dim=0),
+        }
+        expand = {"past_key_values": prefix.cache}
     sampler = _RowSampler(row_generators(seeds, k), float(temperature), float(top_p))
     devices = [model.device] if model.device.type == "cuda" else []
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         out = model.generate(
             **enc,
+            **expand,
             max_new_tokens=max_new_tokens,
             do_sample=True,  # over one-hot rows: see the module docstring
-            num_return_sequences=k,
             logits_processor=LogitsProcessorList([sampler]),
             pad_token_id=tok.pad_token_id,
         )

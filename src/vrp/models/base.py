@@ -221,6 +221,14 @@ class ModelAdapter:
         x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0)
         return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
+    def generation_state(self) -> dict:
+        """Model state that ``generate`` keeps between calls and that a continuation from a
+        cached prompt needs (none for most families)."""
+        return {}
+
+    def restore_generation_state(self, state: dict, repeat: int) -> None:
+        """Set ``state`` back, each batch row repeated ``repeat`` times."""
+
     def answer_suffix(self, answer: str) -> str:
         """Text appended to ``prompt`` for a teacher-forced answer (training)."""
         return f"{answer}{self.tokenizer.eos_token}"

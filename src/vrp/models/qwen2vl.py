@@ -30,3 +30,13 @@ class Qwen2VLAdapter(ModelAdapter):
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def generation_state(self) -> dict:
+        # M-RoPE: the offset between text positions and rotary positions, per row, computed
+        # at prefill and read by every later decoding step.
+        deltas = self.model.model.rope_deltas
+        return {"rope_deltas": None if deltas is None else deltas.clone()}
+
+    def restore_generation_state(self, state: dict, repeat: int) -> None:
+        deltas = state.get("rope_deltas")
+        self.model.model.rope_deltas = None if deltas is None else deltas.repeat_interleave(repeat, dim=0)

@@ -138,15 +138,19 @@ class BatchWorker:
 
         cfg, adapter = self.cfg, self.adapter
         prompts = [adapter.prompt(it.question) for it in items]
-        caps = capture_generate(
-            adapter, images, prompts, CaptureConfig(dtype="float32", max_new_tokens=cfg.max_new_tokens)
-        )
+        capture_cfg = CaptureConfig(dtype="float32", max_new_tokens=cfg.max_new_tokens)
         samples = None
         if cfg.samples:
+            # the K samples continue from the greedy pass's cached prompt (no second prefill)
+            caps, prefix = capture_generate(adapter, images, prompts, capture_cfg, keep_prefix=True)
             samples = sample_answers(
                 adapter, images, prompts, [item_seed(cfg.seed, it.id) for it in items],
                 k=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                prefix=prefix,
             )  # fmt: skip
+            del prefix
+        else:
+            caps = capture_generate(adapter, images, prompts, capture_cfg)
         tok = adapter.tokenizer
         out = []
         for b, (it, im, cap) in enumerate(zip(items, images, caps, strict=True)):
