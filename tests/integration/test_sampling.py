@@ -92,7 +92,7 @@ def test_continuing_from_the_greedy_prefix_gives_the_same_samples(toys, question
     _assert_padded(ad, prompts)
     seeds = [200 + i for i in range(len(prompts))]
     fresh = sample_answers(ad, images, prompts, seeds, k=6)
-    caps, prefix = capture_generate(ad, images, prompts, CaptureConfig(attention=False), keep_prefix=True)
+    _, prefix = capture_generate(ad, images, prompts, CaptureConfig(attention=False), keep_prefix=True)
     assert prefix.cache.get_seq_length() == prefix.input_ids.shape[1] - 1
     continued = sample_answers(ad, images, prompts, seeds, k=6, prefix=prefix)
     assert continued == fresh
