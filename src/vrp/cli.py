@@ -120,6 +120,72 @@ def run(
     )
 
 
+def _check_run_dir(run: Path) -> None:
+    if not (run / "items.parquet").is_file():
+        _fail(f"{run} holds no finished run (no items.parquet); make one with `vrp run --out {run}`")
+
+
+@app.command()
+def probe(
+    run: Path = typer.Option(..., "--run", help="A run directory written by `vrp run`."),
+    seed: int = typer.Option(0, help="Seed of the split and of every probe."),
+    stacked_k: int = typer.Option(5, help="Layers concatenated by the stacked probe."),
+) -> None:
+    """Train the reliability probes (dense, sparse, stacked, MLP, attention ensembles) on a run."""
+    from vrp.analysis.probing import ProbeConfig, train_probes
+
+    _check_run_dir(run)
+    with console.status("training probes"):
+        try:
+            summary = train_probes(run, ProbeConfig(seed=seed, stacked_k=stacked_k))
+        except (ValueError, KeyError) as e:
+            _fail(str(e))
+    table = Table(title=f"probes on {run} (n = {summary['n']}, split {summary['split_sizes']})")
+    for col in ("probe", "chosen on validation", "val AUROC", "test AUROC"):
+        table.add_column(col, justify="left" if col in ("probe", "chosen on validation") else "right")
+    for name, e in summary["probes"].items():
+        chosen = ", ".join(f"{k}={e[k]}" for k in ("residual_layer", "C", "k", "layer_index") if k in e)
+        table.add_row(name, chosen, f"{e['val_auroc']:.3f}", f"{e['test_auroc']:.3f}")
+    Console().print(table)
+    console.print(f"wrote {run / 'probes'}; test AUROCs with CIs: `vrp analyze --run {run}`", soft_wrap=True)
+
+
+@app.command()
+def analyze(
+    run: Path = typer.Option(..., "--run", help="A run directory written by `vrp run` (and `vrp probe`)."),
+    n_boot: int = typer.Option(10_000, help="Bootstrap resamples of each CI."),
+    n_perm: int = typer.Option(10_000, help="Permutations of each p-value."),
+    seed: int = typer.Option(0, help="Seed of the resampling."),
+) -> None:
+    """Which signals predict correctness: AUROC with 95% CIs, p-values (Bonferroni, BH), AURC, ECE."""
+    from vrp.analysis.predictors import AnalyzeConfig
+    from vrp.analysis.predictors import analyze as run_analysis
+
+    _check_run_dir(run)
+    with console.status("bootstrapping"):
+        summary = run_analysis(run, AnalyzeConfig(n_boot=n_boot, n_perm=n_perm, seed=seed))
+    table = Table(title=f"predictors of correctness on {run}")
+    for col in ("signal", "family", "AUROC [95% CI]", "r", "p", "p (BH)", "AURC", "n"):
+        table.add_column(col, justify="left" if col in ("signal", "family") else "right")
+
+    def f(x, fmt=".3f"):
+        return "undefined" if x is None or x != x else format(x, fmt)
+
+    for r in summary["predictors"]:
+        auc = f"{f(r['auroc'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]" if not r["undefined"] else "undefined"
+        table.add_row(r["name"], r["family"], auc, f(r["r"], "+.3f"), f(r["p"], ".4f"), f(r["p_bh"], ".4f"),
+                      f(r["aurc"]), str(r["n"]))  # fmt: skip
+    Console().print(table)
+    undefined = [f"{r['name']}: {r['undefined']}" for r in summary["predictors"] if r["undefined"]]
+    if undefined:
+        console.print("undefined: " + "; ".join(undefined), soft_wrap=True)
+    console.print(
+        "AUROC oriented by each signal's documented direction (0.5 = chance); probe rows on the probes' test split. "
+        f"Wrote {run / 'analysis'}",
+        soft_wrap=True,
+    )
+
+
 @world_app.command("generate")
 def world_generate(
     out: Path = typer.Option(..., help="Folder to write images/, items.jsonl, scenes.jsonl, world.json."),

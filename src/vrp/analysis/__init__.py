@@ -1,0 +1,1 @@
+"""Analyses of stored runs: probes and the predictor table (no model imports)."""

@@ -1,0 +1,175 @@
+"""``vrp analyze``: which signals predict correctness, every number with its uncertainty.
+
+Reads a run directory (and the probes of ``vrp probe`` when present) and writes
+``RUN_DIR/analysis/``:
+
+    predictors.parquet   one row per signal (the shape of the paper's Table 6): name, family,
+                         direction, auroc, ci_low, ci_high, p (permutation), p_bonferroni,
+                         p_bh, r, r_ci_low, r_ci_high, aurc, ece, n, undefined
+    layers.parquet       per layer: probe AUROC (dense / sparse, validation and test), truth
+                         margin of correct vs wrong items (mean and 95% bootstrap CI), and
+                         the AUROC of each structural curve at that layer
+    summary.json         the settings, n, accuracy and the rows above as JSON
+
+AUROC is oriented by each signal's documented direction (a "lower is more reliable"
+signal is negated first), so 0.5 is chance and > 0.5 means the hypothesis holds; signals
+with no documented direction keep their raw orientation. Probe rows are measured on the
+probes' test split only (their ``n`` says so); every other row on all answered items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vrp.runs import storage
+from vrp.runs.rundir import atomic_write_json, write_table
+from vrp.signals.catalog import SIGNALS
+
+PROBE_ROWS = {
+    "probe_dense": "best-layer dense (L2) probe on residuals",
+    "probe_sparse": "best-layer sparse (L1) probe on residuals",
+    "probe_stacked": "logistic probe on the last k layers concatenated",
+    "probe_mlp": "2-layer MLP probe at the best dense layer",
+    "attn_ensemble_gbt": "gradient-boosted trees on per-layer attention features",
+    "attn_ensemble_rf": "random forest on per-layer attention features",
+}
+PROBABILITIES = {"token_confidence", "geo_mean_prob", "self_consistency", *PROBE_ROWS}
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """Options of ``vrp analyze``: bootstrap/permutation resamples, CI level, seed, ECE bins."""
+
+    n_boot: int = 10_000
+    n_perm: int = 10_000
+    level: float = 0.95
+    seed: int = 0
+    ece_bins: int = 15
+
+
+def _row(name: str, family: str, direction: str, doc: str, score: np.ndarray, y: np.ndarray, cfg) -> dict:
+    from vrp.stats.association import point_biserial
+    from vrp.stats.auroc import auroc_ci
+    from vrp.stats.selective import calibration, risk_coverage
+
+    oriented = -score if direction == "lower" else score
+    a = auroc_ci(oriented, y, n_boot=cfg.n_boot, level=cfg.level, n_perm=cfg.n_perm, seed=cfg.seed)
+    finite = np.isfinite(score)
+    r = point_biserial(score[finite], y[finite], level=cfg.level)
+    rc = risk_coverage(oriented[finite], y[finite])
+    ece = float("nan")
+    if name in PROBABILITIES:
+        cal = calibration(score[finite], y[finite], n_bins=cfg.ece_bins)
+        ece = cal.ece
+    return {
+        "name": name, "family": family, "direction": direction, "what": doc,
+        "auroc": a.auroc, "ci_low": a.ci_low, "ci_high": a.ci_high, "p": a.p_value,
+        "r": r.r, "r_ci_low": r.ci_low, "r_ci_high": r.ci_high, "aurc": rc.aurc, "ece": ece,
+        "n": int(finite.sum()), "undefined": a.undefined or "",
+    }  # fmt: skip
+
+
+def predictor_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table:
+    """One row per signal (and per probe, when ``vrp probe`` has run) with AUROC, CIs and p-values."""
+    from vrp.stats.multitest import adjust_pvalues
+
+    cfg = cfg or AnalyzeConfig()
+    df = pq.read_table(run_dir / "items.parquet").to_pandas()
+    y = df["correct"].to_numpy().astype(np.int64)
+    rows = [_row(s.name, s.family, s.direction, s.doc, df[s.name].to_numpy(dtype=np.float64), y, cfg) for s in SIGNALS]
+    preds_path = run_dir / "probes" / "predictions.parquet"
+    if preds_path.is_file():
+        preds = pq.read_table(preds_path).to_pandas()
+        test = preds[preds["split"] == "test"].set_index("id")
+        y_test = df.set_index("id").loc[test.index, "correct"].to_numpy().astype(np.int64)
+        for name, doc in PROBE_ROWS.items():
+            if name in test:
+                rows.append(_row(name, "probe", "higher", doc, test[name].to_numpy(dtype=np.float64), y_test, cfg))
+    p = np.array([r["p"] for r in rows], dtype=np.float64)
+    for method, col in (("bonferroni", "p_bonferroni"), ("bh", "p_bh")):
+        for r, q in zip(rows, adjust_pvalues(p, method), strict=True):
+            r[col] = float(q)
+    return pa.Table.from_pylist(rows)
+
+
+def layer_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table:
+    """Per-layer curves: truth margin of correct vs wrong items, structural AUROCs, probe AUROCs."""
+    import json
+
+    from vrp.stats.auroc import auroc
+
+    cfg = cfg or AnalyzeConfig()
+    items = pq.read_table(run_dir / "items.parquet", columns=["id", "correct"]).to_pandas().set_index("id")
+    ids, margin = storage.load_stacked(run_dir, "curve.margin")  # [n, L + 1]
+    y = items.loc[ids, "correct"].to_numpy().astype(bool)
+    rng = np.random.default_rng(cfg.seed)
+    cols: dict[str, list] = {"residual_layer": list(range(margin.shape[1]))}
+    for label, mask in (("correct", y), ("wrong", ~y)):
+        m = margin[mask].astype(np.float64)
+        mean, lo, hi = _mean_ci(m, rng, cfg)
+        cols[f"margin_{label}_mean"], cols[f"margin_{label}_ci_low"], cols[f"margin_{label}_ci_high"] = mean, lo, hi
+    cols["margin_auroc"] = [float(auroc(margin[:, k], y)) for k in range(margin.shape[1])]
+    for s in SIGNALS:  # structural curves are per block: residual layer k = block k - 1
+        if s.family != "structural" or s.name.endswith("_mean") or s.name in ("attn_entropy_delta",):
+            continue
+        try:
+            c_ids, curve = storage.load_stacked(run_dir, f"curve.{s.name}")
+        except KeyError:
+            continue
+        yc = items.loc[c_ids, "correct"].to_numpy().astype(bool)
+        sign = -1.0 if s.direction == "lower" else 1.0
+        cols[f"{s.name}_auroc"] = [float("nan")] + [float(auroc(sign * curve[:, k], yc)) for k in range(curve.shape[1])]
+    summary = run_dir / "probes" / "summary.json"
+    if summary.is_file():
+        probes = json.loads(summary.read_text())
+        layers = probes["residual_layers"]
+        for name in ("probe_dense", "probe_sparse"):
+            for split in ("val", "test"):
+                by_layer = dict(zip(layers, probes["probes"][name][f"{split}_auroc_by_layer"], strict=True))
+                cols[f"{name}_{split}_auroc"] = [by_layer.get(k, float("nan")) for k in cols["residual_layer"]]
+    return pa.table(cols)
+
+
+def _mean_ci(m: np.ndarray, rng: np.random.Generator, cfg) -> tuple[list, list, list]:
+    """Per-column mean of ``m`` [n, L] and its percentile bootstrap CI (NaN CI when n < 2)."""
+    n = len(m)
+    if n < 2:
+        nan = [float("nan")] * m.shape[1]
+        return ([float(x) for x in m.mean(axis=0)] if n else nan), nan, nan
+    boots = []
+    for start in range(0, cfg.n_boot, 500):  # resample counts [chunk, n] @ m: no [boot, n, L] tensor
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(500, cfg.n_boot - start))
+        boots.append(counts @ m / n)
+    boots = np.concatenate(boots)  # [n_boot, L]
+    a = (1 - cfg.level) / 2
+    return m.mean(axis=0).tolist(), np.quantile(boots, a, axis=0).tolist(), np.quantile(boots, 1 - a, axis=0).tolist()
+
+
+def analyze(run_dir: Path, cfg: AnalyzeConfig | None = None) -> dict:
+    """Write ``RUN_DIR/analysis/`` and return its summary."""
+    cfg = cfg or AnalyzeConfig()
+    run_dir = Path(run_dir)
+    out = run_dir / "analysis"
+    out.mkdir(exist_ok=True)
+    table = predictor_table(run_dir, cfg)
+    layers = layer_table(run_dir, cfg)
+    write_table(out / "predictors.parquet", table)
+    write_table(out / "layers.parquet", layers)
+    summary = {"config": cfg.__dict__, "predictors": table.to_pylist(), "n_layers": layers.num_rows}
+    atomic_write_json(out / "summary.json", _json_safe(summary))
+    return summary
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
