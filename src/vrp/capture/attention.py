@@ -68,11 +68,15 @@ def _scores(query: torch.Tensor, key: torch.Tensor, attention_mask, scaling: flo
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:
         key = key.repeat_interleave(n_rep, dim=1)
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    return _cap_and_mask(torch.matmul(query, key.transpose(-1, -2)) * scaling, attention_mask, softcap)
+
+
+def _cap_and_mask(scores: torch.Tensor, attention_mask, softcap: float | None) -> torch.Tensor:
+    """Soft-cap scaled scores ``[b, h, q, k]`` and apply the mask's last q rows."""
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
-        m = attention_mask[:, :, -query.shape[2] :, : key.shape[-2]]
+        m = attention_mask[:, :, -scores.shape[2] :, : scores.shape[3]]
         scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.to(scores.dtype)
     return scores
 
@@ -96,8 +100,12 @@ def last_row_probs(
     Returns:
         [batch, heads, k] float32 rows that sum to 1.
     """
-    scores = _scores(query[:, :, -1:, :].float(), key.float(), attention_mask, scaling, softcap)  # [b, h, 1, k]
-    return torch.softmax(scores, dim=-1)[:, :, 0, :]
+    b, h, _, d = query.shape
+    kv = key.shape[1]
+    # GQA without repeating the keys: the query heads of one kv head form the row axis.
+    q = query[:, :, -1, :].float().reshape(b, kv, h // kv, d)  # [b, kv, rep, d]
+    scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(b, h, 1, -1) * scaling  # [b, h, 1, k]
+    return torch.softmax(_cap_and_mask(scores, attention_mask, softcap), dim=-1)[:, :, 0, :]
 
 
 def _eager_output(module, query, key, value, attention_mask, scaling, softcap):
