@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _models import long_context_model
+
 WORKER = r"""
 import json, resource, sys, time, os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,18 +88,6 @@ for _ in range(2):
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"peak_kb": peak, "base_kb": base}))
 """
-
-
-def long_context_model(out: Path, arch: str) -> str:
-    """A tiny random model with LLaVA-1.5 image geometry (336 px / patch 14 -> 576 tokens)."""
-    from vrp.world.toy import build_toy
-
-    model, processor = build_toy(arch, seed=0, image_size=336, patch=14)
-    if arch == "qwen2vl":  # let 336 x 336 through unresized: 24 x 24 merged tokens
-        processor.image_processor.size = {"shortest_edge": 14 * 14, "longest_edge": 336 * 336}
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return str(out)
 
 
 def main() -> None:

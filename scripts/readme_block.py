@@ -12,3 +12,10 @@ def replace_block(name: str, body: str, readme: Path = ROOT / "README.md") -> No
     text = readme.read_text()
     a, b = text.index(begin) + len(begin), text.index(end)
     readme.write_text(text[:a] + "\n" + body + "\n" + text[b:])
+
+
+def print_or_replace(name: str, body: str, argv: list[str]) -> None:
+    """The scripts' command line: print ``body``; with ``--readme`` also put it into README.md."""
+    if "--readme" in argv:
+        replace_block(name, body)
+    print(body)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from readme_block import replace_block
+from readme_block import print_or_replace
 
 from vrp.signals.catalog import SIGNALS
 
@@ -22,10 +22,7 @@ def table() -> str:
 
 
 def main() -> None:
-    t = table()
-    if "--readme" in sys.argv:
-        replace_block("signal-table", t)
-    print(t)
+    print_or_replace("signal-table", table(), sys.argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from readme_block import replace_block
+from readme_block import print_or_replace
 
 ROOT = Path(__file__).resolve().parent.parent
 CKPT = ROOT / "src" / "vrp" / "world" / "checkpoints"
@@ -40,10 +40,7 @@ def table() -> str:
 
 
 def main() -> None:
-    t = table()
-    if "--readme" in sys.argv:
-        replace_block("toy-table", t)
-    print(t)
+    print_or_replace("toy-table", table(), sys.argv)
 
 
 if __name__ == "__main__":
