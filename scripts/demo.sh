@@ -8,3 +8,5 @@ PY="${PYTHON:-python3}"
 "$PY" -m pip install -q --disable-pip-version-check -e .
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$PY" -m vrp.cli run --out runs/demo --force "$@"
+"$PY" -m vrp.cli probe --run runs/demo
+"$PY" -m vrp.cli analyze --run runs/demo

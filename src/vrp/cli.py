@@ -25,6 +25,12 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _stdout() -> Console:
+    """Tables go to stdout; redirected to a file or a pipe they keep their full width."""
+    out = Console()
+    return out if out.is_terminal else Console(width=160)
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -47,7 +53,7 @@ def _print_accuracy(summary: dict, title: str) -> None:
     for task, a in rows:
         lo, hi = a["ci95"]
         table.add_row(task, str(a["n"]), f"{a['accuracy']:.3f}", f"[{lo:.3f}, {hi:.3f}]")
-    Console().print(table)
+    _stdout().print(table)
 
 
 @app.command()
@@ -146,7 +152,7 @@ def probe(
     for name, e in summary["probes"].items():
         chosen = ", ".join(f"{k}={e[k]}" for k in ("residual_layer", "C", "k", "layer_index") if k in e)
         table.add_row(name, chosen, f"{e['val_auroc']:.3f}", f"{e['test_auroc']:.3f}")
-    Console().print(table)
+    _stdout().print(table)
     console.print(f"wrote {run / 'probes'}; test AUROCs with CIs: `vrp analyze --run {run}`", soft_wrap=True)
 
 
@@ -175,7 +181,7 @@ def analyze(
         auc = f"{f(r['auroc'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]" if not r["undefined"] else "undefined"
         table.add_row(r["name"], r["family"], auc, f(r["r"], "+.3f"), f(r["p"], ".4f"), f(r["p_bh"], ".4f"),
                       f(r["aurc"]), str(r["n"]))  # fmt: skip
-    Console().print(table)
+    _stdout().print(table)
     undefined = [f"{r['name']}: {r['undefined']}" for r in summary["predictors"] if r["undefined"]]
     if undefined:
         console.print("undefined: " + "; ".join(undefined), soft_wrap=True)

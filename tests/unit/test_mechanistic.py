@@ -19,8 +19,8 @@ def test_truth_margin_is_best_reference_minus_best_other():
 def test_positive_from_and_peak():
     assert mech.positive_from([-1, 2, -0.5, 0.1, 3]) == 3
     assert mech.positive_from([1, 2, 3]) == 0
-    assert mech.positive_from([1, 2, 0.0]) == -1  # not positive at the end: never
-    assert mech.positive_from([1, -2, -3]) == -1
+    assert mech.positive_from([1, 2, 0.0]) == 3  # not positive at the end: never (one past the last)
+    assert mech.positive_from([1, -2, -3]) == 3
     assert mech.peak_layer([0.0, 4.0, 4.0, 1.0]) == 1
 
 

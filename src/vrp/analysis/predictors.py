@@ -58,7 +58,10 @@ def _row(name: str, family: str, direction: str, doc: str, score: np.ndarray, y:
     from vrp.stats.selective import calibration, risk_coverage
 
     oriented = -score if direction == "lower" else score
-    a = auroc_ci(oriented, y, n_boot=cfg.n_boot, level=cfg.level, n_perm=cfg.n_perm, seed=cfg.seed)
+    a = auroc_ci(score, y, n_boot=cfg.n_boot, level=cfg.level, n_perm=cfg.n_perm, seed=cfg.seed)
+    auc, lo, hi = a.auroc, a.ci_low, a.ci_high
+    if direction == "lower":  # AUROC(-s) = 1 - AUROC(s); the CI flips, the two-sided p stays
+        auc, lo, hi = 1 - auc, 1 - hi, 1 - lo
     finite = np.isfinite(score)
     r = point_biserial(score[finite], y[finite], level=cfg.level)
     rc = risk_coverage(oriented[finite], y[finite])
@@ -68,7 +71,7 @@ def _row(name: str, family: str, direction: str, doc: str, score: np.ndarray, y:
         ece = cal.ece
     return {
         "name": name, "family": family, "direction": direction, "what": doc,
-        "auroc": a.auroc, "ci_low": a.ci_low, "ci_high": a.ci_high, "p": a.p_value,
+        "auroc": auc, "ci_low": lo, "ci_high": hi, "p": a.p_value,
         "r": r.r, "r_ci_low": r.ci_low, "r_ci_high": r.ci_high, "aurc": rc.aurc, "ece": ece,
         "n": int(finite.sum()), "undefined": a.undefined or "",
     }  # fmt: skip

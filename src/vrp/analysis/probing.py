@@ -44,6 +44,7 @@ class ProbeConfig:
         stacked_k: layers concatenated by the stacked probe (the last k stored layers).
         mlp_hidden: hidden units of the MLP probe.
         trees: estimators of the attention-feature ensembles.
+        max_iter: solver iterations of the logistic probes.
     """
 
     seed: int = 0
@@ -52,6 +53,7 @@ class ProbeConfig:
     stacked_k: int = 5
     mlp_hidden: int = 256
     trees: int = 200
+    max_iter: int = 1000
 
 
 def _auroc(scores: np.ndarray, y: np.ndarray) -> float:
@@ -96,7 +98,7 @@ def _shard_meta(run_dir: Path) -> dict:
 def train_probes(run_dir: Path, cfg: ProbeConfig | None = None) -> dict:
     """Train every probe on the run in ``run_dir``; returns the summary written to ``probes/summary.json``."""
     from vrp.probes.io import save_probe
-    from vrp.probes.linear import StackedLogistic, sweep
+    from vrp.probes.linear import sweep, sweep_stacked
     from vrp.probes.mlp import MLPProbe
     from vrp.probes.split import grouped_stratified_split
     from vrp.probes.trees import TreeEnsembleProbe
@@ -114,7 +116,7 @@ def train_probes(run_dir: Path, cfg: ProbeConfig | None = None) -> dict:
                      "residual_layers": data["residual_layers"], "probes": {}}  # fmt: skip
 
     for penalty, name in (("l2", "dense"), ("l1", "sparse")):
-        res = sweep(X[tr], y[tr], X[va], y[va], penalty=penalty, Cs=cfg.cs, seed=cfg.seed)
+        res = sweep(X[tr], y[tr], X[va], y[va], penalty=penalty, Cs=cfg.cs, seed=cfg.seed, max_iter=cfg.max_iter)
         val_best = res.val_auroc.max(axis=1)  # [L]
         layer = int(np.argmax(val_best))
         proba = res.model.predict_proba(X)  # [n, L]
@@ -134,10 +136,9 @@ def train_probes(run_dir: Path, cfg: ProbeConfig | None = None) -> dict:
     best = summary["probes"]["probe_dense"]["layer_index"]
 
     k = min(cfg.stacked_k, X.shape[1])
-    stacked = max(
-        (StackedLogistic(k=k, C=c, seed=cfg.seed).fit(X[tr], y[tr]) for c in cfg.cs),
-        key=lambda m: _auroc(m.predict_proba(X[va]), y[va]),
-    )
+    stacked = sweep_stacked(
+        X[tr], y[tr], X[va], y[va], k=k, penalty="l2", Cs=cfg.cs, seed=cfg.seed, max_iter=cfg.max_iter
+    ).model
     preds["probe_stacked"] = stacked.predict_proba(X)
     save_probe(stacked, out / "probe_stacked")
     summary["probes"]["probe_stacked"] = _entry(preds["probe_stacked"], y, va, te, k=k, C=stacked.C)

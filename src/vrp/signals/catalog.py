@@ -50,7 +50,11 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("margin_peak", "mechanistic", "logits", "higher", "largest truth margin over layers"),
     Signal("margin_peak_layer", "mechanistic", "residual index", "none", "layer of the peak margin (0 = embeddings)"),
     Signal(
-        "margin_positive_from", "mechanistic", "residual index", "lower", "first layer from which M_l > 0; -1 never"
+        "margin_positive_from",
+        "mechanistic",
+        "residual index",
+        "lower",
+        "first layer from which M_l > 0 (L + 1: never)",
     ),
     Signal("mlp_share", "mechanistic", "fraction", "none", "MLP share of positive margin growth over layers"),
     # behavioral

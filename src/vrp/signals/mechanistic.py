@@ -30,10 +30,11 @@ def truth_margin(ref_logits: np.ndarray, rival_logits: np.ndarray) -> np.ndarray
 
 
 def positive_from(margin: np.ndarray) -> int:
-    """First layer from which the margin is > 0 at every later layer; -1 if the last is not."""
+    """First layer from which the margin is > 0 at every later layer; ``len(margin)`` (one
+    past the last layer) if the last is not, so that "earlier" is always "lower"."""
     m = np.asarray(margin)
     if m.size == 0 or m[-1] <= 0:
-        return -1
+        return int(m.size)
     nonpos = np.flatnonzero(m <= 0)
     return int(nonpos[-1] + 1) if nonpos.size else 0
 

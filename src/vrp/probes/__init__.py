@@ -1,0 +1,1 @@
+"""Reliability probes: scikit-learn-style estimators over stored activations (no model imports)."""

@@ -1,0 +1,367 @@
+"""Dense (L2) and sparse (L1) logistic probes on every layer at once, and the stacked probe.
+
+All layers are fitted together: the activations are laid out layer-major [L, n, d] and one
+batched solver (:mod:`vrp.probes._solver`: L-BFGS for L2, OWL-QN for L1) runs every layer, and
+in :func:`sweep` every value of C too, in a single loop whose cost is two reads of the
+activations per iteration. The objective is scikit-learn's (``C * sum(log-loss) + penalty``,
+intercept unpenalized), so C means the same thing and ``LogisticRegression`` is the test oracle.
+
+Standardization (per layer and unit, mean and population standard deviation fitted on the
+training items; constant units get scale 1, as in ``StandardScaler``) is part of the estimator,
+so ``coef_`` lives in standardized units: ``decision = ((x - mean_) / scale_) @ coef_ + intercept_``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.special import expit
+from scipy.stats import rankdata
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted
+
+from vrp.probes._solver import solve, solve_l1
+
+_CHUNK = 1024  # items per block when predicting
+
+
+def auroc(scores, y) -> np.ndarray:
+    """AUROC of every column of ``scores`` [n, ...] against binary ``y`` [n] (rank formula, ties averaged)."""
+    y = np.asarray(y).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs both classes among the labels")
+    ranks = rankdata(np.asarray(scores, dtype=np.float64), axis=0)
+    return (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _check_X(X, n_layers: int | None = None) -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 3 or not np.issubdtype(X.dtype, np.floating):
+        raise ValueError(f"X must be a float array [items, layers, units], got {X.dtype} {X.shape}")
+    if n_layers is not None and X.shape[1] != n_layers:
+        raise ValueError(f"X has {X.shape[1]} layers, the probe was fitted on {n_layers}")
+    return X
+
+
+def _check_y(y, n: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,) or not np.isin(y, (0, 1)).all() or len(np.unique(y)) < 2:
+        raise ValueError(f"y must be [{n}] labels in {{0, 1}} holding both classes, got shape {y.shape}")
+    return y.astype(np.float32)
+
+
+def _standardize(X: np.ndarray, standardize: bool, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer-major standardized float32 copy [L, n, d], with mean and scale [L, d].
+
+    Constant units (standard deviation within float32 rounding of the mean) get scale 1.
+    """
+    n, L, d = X.shape
+    Xt = torch.from_numpy(X)
+    out = torch.empty((L, n, d), dtype=torch.float32, device=device)
+    mean = torch.zeros((L, d), dtype=torch.float32, device=device)
+    scale = torch.ones((L, d), dtype=torch.float32, device=device)
+    for layer in range(L):  # a data layout pass, one layer at a time to bound memory; no fitting here
+        xl = Xt[:, layer, :].to(device, torch.float32)  # [n, d]
+        if not standardize:
+            out[layer] = xl
+            continue
+        mean[layer] = xl.mean(0)
+        torch.sub(xl, mean[layer], out=out[layer])  # centered, then the two-pass variance
+        std = out[layer].square().mean(0).sqrt()
+        scale[layer] = torch.where(std > 1e-6 * mean[layer].abs().clamp(min=1.0), std, torch.ones_like(std))
+        out[layer] /= scale[layer]
+    return out, mean, scale
+
+
+def _decision(X: np.ndarray, mean, scale, W, b, device) -> np.ndarray:
+    """Logits [n, L, K] for weights W [L, K, d] and intercepts b [L, K] (standardized space)."""
+    Xt = torch.from_numpy(X)
+    dev = torch.device(device)
+    mean, scale, W, b = (torch.as_tensor(a, device=dev, dtype=torch.float32) for a in (mean, scale, W, b))
+    out = []
+    for i in range(0, X.shape[0], _CHUNK):
+        xc = (Xt[i : i + _CHUNK].to(dev, torch.float32) - mean) / scale  # [c, L, d]
+        out.append(torch.einsum("cld,lkd->clk", xc, W) + b)
+    return torch.cat(out).cpu().numpy().astype(np.float64)
+
+
+def _strengths(penalty: str, C: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """l1, l2 strengths [L, K] of the mean-loss objective for C [L, K]."""
+    if penalty not in ("l1", "l2"):
+        raise ValueError(f"penalty must be 'l1' or 'l2', got {penalty!r}")
+    if not (np.isfinite(C).all() and (C > 0).all()):
+        raise ValueError(f"C must be positive and finite, got {C}")
+    lam = torch.from_numpy(1.0 / (C * n))
+    zero = torch.zeros_like(lam)
+    return (lam, zero) if penalty == "l1" else (zero, lam)
+
+
+def _solve(penalty: str, Xs, y: np.ndarray, C: np.ndarray, max_iter: int, tol: float, seed: int):
+    """Run the batched solver for C [L, K]; theta [L, K, d+1], n_iter [L, K], converged [L, K]."""
+    l1, l2 = _strengths(penalty, C, Xs.shape[1])
+    yt = torch.from_numpy(y)
+    if penalty == "l1":
+        return solve_l1(Xs, yt, l1, max_iter, tol)
+    return solve(Xs, yt, l2, max_iter, tol, seed=seed)
+
+
+def _warn_unconverged(converged: torch.Tensor, max_iter: int) -> None:
+    if not bool(converged.all()):
+        layers = sorted({int(i) for i in torch.nonzero(~converged)[:, 0]})
+        warnings.warn(
+            f"logistic probe did not converge within max_iter={max_iter} on layers {layers}; raise max_iter or tol",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+
+class LayerwiseLogistic(BaseEstimator):
+    """One logistic regression per layer, all fitted at once.
+
+    Args:
+        penalty: ``"l2"`` (dense probe) or ``"l1"`` (sparse probe).
+        C: inverse regularization strength as in scikit-learn; a float, or one value per layer.
+        max_iter: iteration cap: of L-BFGS (L2), of each working-set round's solver (L1).
+        tol: convergence threshold on max |(pseudo-)gradient| of the objective divided by ``C * n``
+            (scikit-learn's lbfgs criterion).
+        standardize: standardize each unit of each layer on the training items.
+        device: torch device of the computation (``"cpu"``, ``"cuda"``).
+        seed: seeds the randomized eigen-sketch behind the L2 solver's preconditioner.
+
+    Fitted attributes: ``coef_`` [L, d] (standardized units), ``intercept_`` [L], ``mean_`` and
+    ``scale_`` [L, d], ``n_iter_`` [L], ``converged_`` [L], ``classes_`` ([0, 1]).
+    """
+
+    def __init__(self, penalty="l2", C=1.0, max_iter=300, tol=1e-4, standardize=True, device="cpu", seed=0):
+        self.penalty = penalty
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
+        self.standardize = standardize
+        self.device = device
+        self.seed = seed
+
+    def _C_per_layer(self, n_layers: int) -> np.ndarray:
+        C = np.broadcast_to(np.asarray(self.C, dtype=np.float64), (n_layers,))
+        return np.array(C)
+
+    def fit(self, X, y) -> LayerwiseLogistic:
+        """Fit on X [n, L, d] (float16 accepted, computed in float32) and y [n] in {0, 1}."""
+        X = _check_X(X)
+        y = _check_y(y, X.shape[0])
+        C = self._C_per_layer(X.shape[1])[:, None]  # [L, 1]
+        _strengths(self.penalty, C, X.shape[0])  # validate before the standardization pass
+        Xs, mean, scale = _standardize(X, self.standardize, self.device)
+        theta, n_iter, converged = _solve(self.penalty, Xs, y, C, self.max_iter, self.tol, self.seed)
+        _warn_unconverged(converged, self.max_iter)
+        self._set_fitted(theta[:, 0], mean, scale, n_iter[:, 0], converged[:, 0])
+        return self
+
+    def _set_fitted(self, theta, mean, scale, n_iter, converged) -> None:
+        self.coef_ = theta[:, :-1].cpu().numpy()  # [L, d]
+        self.intercept_ = theta[:, -1].cpu().numpy()  # [L]
+        self.mean_ = mean.cpu().numpy()  # [L, d]
+        self.scale_ = scale.cpu().numpy()  # [L, d]
+        self.n_iter_ = n_iter.cpu().numpy()  # [L]
+        self.converged_ = converged.cpu().numpy()  # [L]
+        self.classes_ = np.array([0, 1])
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits [n, L], one column per layer's probe."""
+        check_is_fitted(self, "coef_")
+        X = _check_X(X, self.coef_.shape[0])
+        return _decision(X, self.mean_, self.scale_, self.coef_[:, None], self.intercept_[:, None], self.device)[..., 0]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """P(y = 1) [n, L] per layer (unlike scikit-learn's [n, 2]: the second axis is the layer)."""
+        return expit(self.decision_function(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels [n, L] per layer."""
+        return (self.decision_function(X) > 0).astype(np.int64)
+
+    def selected_units(self) -> list[np.ndarray]:
+        """Per layer, the units with a non-zero weight (the L1 probe's candidate reliability neurons)."""
+        return [np.flatnonzero(w) for w in self.coef_]
+
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays and JSON metadata for :func:`vrp.probes.io.save_probe`."""
+        params = self.get_params()
+        params["C"] = np.asarray(self.C, dtype=np.float64).tolist()
+        names = ("coef_", "intercept_", "mean_", "scale_", "n_iter_", "converged_")
+        return {k.rstrip("_"): np.ascontiguousarray(getattr(self, k)) for k in names}, {"params": params}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, np.ndarray], meta: dict) -> LayerwiseLogistic:
+        """Inverse of :meth:`get_state`."""
+        probe = cls(**meta["params"])
+        for k in ("coef", "intercept", "mean", "scale", "n_iter", "converged"):
+            setattr(probe, k + "_", np.asarray(tensors[k]))
+        probe.classes_ = np.array([0, 1])
+        return probe
+
+
+class StackedLogistic(BaseEstimator):
+    """Logistic probe on the concatenated last ``k`` layers: X [n, L, d] -> [n, k * d].
+
+    Args:
+        k: number of final layers stacked.
+        penalty, C, max_iter, tol, standardize, device, seed: as in :class:`LayerwiseLogistic`.
+
+    Fitted attributes: ``n_layers_in_``, ``probe_`` (a one-layer :class:`LayerwiseLogistic` on the
+    stacked features), ``coef_`` [k * d] (layer-major: units of layer L-k first), ``intercept_``.
+    """
+
+    def __init__(self, k=5, penalty="l2", C=1.0, max_iter=300, tol=1e-4, standardize=True, device="cpu", seed=0):
+        self.k = k
+        self.penalty = penalty
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
+        self.standardize = standardize
+        self.device = device
+        self.seed = seed
+
+    def stack(self, X) -> np.ndarray:
+        """The stacked features [n, 1, k * d] of X [n, L, d]."""
+        X = _check_X(X, getattr(self, "n_layers_in_", None))
+        if not 1 <= self.k <= X.shape[1]:
+            raise ValueError(f"k={self.k} must be between 1 and the number of layers {X.shape[1]}")
+        return X[:, -self.k :, :].reshape(X.shape[0], 1, -1)
+
+    def fit(self, X, y) -> StackedLogistic:
+        """Fit on X [n, L, d] and y [n] in {0, 1}."""
+        Xk = self.stack(X)
+        params = {k: v for k, v in self.get_params().items() if k != "k"}
+        self.probe_ = LayerwiseLogistic(**params).fit(Xk, y)
+        self._adopt(np.asarray(X).shape[1])
+        return self
+
+    def _adopt(self, n_layers: int) -> None:
+        self.n_layers_in_ = n_layers
+        self.coef_ = self.probe_.coef_[0]  # [k * d]
+        self.intercept_ = float(self.probe_.intercept_[0])
+        self.classes_ = np.array([0, 1])
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits [n]."""
+        check_is_fitted(self, "probe_")
+        return self.probe_.decision_function(self.stack(X))[:, 0]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """P(y = 1) [n]."""
+        return expit(self.decision_function(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels [n]."""
+        return (self.decision_function(X) > 0).astype(np.int64)
+
+    def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays and JSON metadata for :func:`vrp.probes.io.save_probe`."""
+        tensors, inner = self.probe_.get_state()
+        params = self.get_params()
+        params["C"] = np.asarray(self.C, dtype=np.float64).tolist()
+        return tensors, {"params": params, "probe_params": inner["params"], "n_layers_in": self.n_layers_in_}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, np.ndarray], meta: dict) -> StackedLogistic:
+        """Inverse of :meth:`get_state`."""
+        probe = cls(**meta["params"])
+        probe.probe_ = LayerwiseLogistic.from_state(tensors, {"params": meta["probe_params"]})
+        probe._adopt(int(meta["n_layers_in"]))
+        return probe
+
+
+@dataclass(frozen=True, eq=False)
+class SweepResult:
+    """Outcome of :func:`sweep`: C chosen per layer on validation AUROC, and the whole C path.
+
+    ``model`` holds, for each layer, the probe fitted with that layer's best C (a
+    :class:`LayerwiseLogistic`, or a :class:`StackedLogistic` from :func:`sweep_stacked`).
+    """
+
+    Cs: tuple[float, ...]  # ascending
+    best_C: np.ndarray  # [L]
+    val_auroc: np.ndarray  # [L, len(Cs)]
+    coef_path: np.ndarray  # [L, len(Cs), d] standardized units
+    intercept_path: np.ndarray  # [L, len(Cs)]
+    n_iter: np.ndarray  # [L, len(Cs)]
+    model: LayerwiseLogistic | StackedLogistic
+
+    @property
+    def best_val_auroc(self) -> np.ndarray:
+        """[L] validation AUROC at each layer's best C."""
+        return self.val_auroc.max(1)
+
+    @property
+    def best_layer(self) -> int:
+        """The layer with the highest validation AUROC (the first on ties)."""
+        return int(np.argmax(self.best_val_auroc))
+
+    def decision_function_path(self, X) -> np.ndarray:
+        """Logits [n, L, len(Cs)] of every (layer, C) probe of the path."""
+        probe = self.model.probe_ if isinstance(self.model, StackedLogistic) else self.model
+        X = self.model.stack(X) if isinstance(self.model, StackedLogistic) else _check_X(X, len(self.best_C))
+        return _decision(X, probe.mean_, probe.scale_, self.coef_path, self.intercept_path, probe.device)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (no coefficients)."""
+        return {
+            "Cs": list(self.Cs),
+            "best_C": self.best_C.tolist(),
+            "val_auroc": self.val_auroc.tolist(),
+            "best_layer": self.best_layer,
+        }
+
+
+def sweep(X_train, y_train, X_val, y_val, penalty="l2", Cs=(0.001, 0.01, 0.1, 1.0), **kw) -> SweepResult:
+    """Fit every (layer, C) probe at once on train; choose C per layer on validation AUROC.
+
+    Args:
+        X_train: [n, L, d] training activations; y_train [n] in {0, 1}.
+        X_val: [m, L, d] validation activations; y_val [m] in {0, 1} (both classes present).
+        penalty: ``"l2"`` or ``"l1"``.
+        Cs: the grid of C (sorted ascending; on a tie the smaller C, the stronger
+            regularization, wins).
+        **kw: other :class:`LayerwiseLogistic` arguments (max_iter, tol, standardize, device, seed).
+
+    Returns:
+        The :class:`SweepResult`; the test split is not touched.
+    """
+    X_train = _check_X(X_train)
+    X_val = _check_X(X_val, X_train.shape[1])
+    y = _check_y(y_train, X_train.shape[0])
+    y_val = _check_y(y_val, X_val.shape[0])
+    Cs = tuple(sorted(float(c) for c in Cs))
+    est = LayerwiseLogistic(penalty=penalty, **kw)
+    n, L, _ = X_train.shape
+    C = np.tile(np.asarray(Cs), (L, 1))  # [L, K]
+    _strengths(penalty, C, n)
+    Xs, mean, scale = _standardize(X_train, est.standardize, est.device)
+    theta, n_iter, converged = _solve(penalty, Xs, y, C, est.max_iter, est.tol, est.seed)
+    del Xs
+    _warn_unconverged(converged, est.max_iter)
+    W, b = theta[..., :-1], theta[..., -1]  # [L, K, d], [L, K]
+    val = auroc(_decision(X_val, mean, scale, W, b, est.device), y_val)  # [L, K]
+    best = val.argmax(1)  # [L]: the first (smallest) C among ties
+    rows, cols = torch.arange(L), torch.from_numpy(best)
+    est.set_params(C=np.asarray(Cs)[best])
+    est._set_fitted(theta[rows, cols], mean, scale, n_iter[rows, cols], converged[rows, cols])
+    return SweepResult(Cs, est.C, val, W.cpu().numpy(), b.cpu().numpy(), n_iter.cpu().numpy(), est)
+
+
+def sweep_stacked(X_train, y_train, X_val, y_val, k=5, penalty="l2", Cs=(0.001, 0.01, 0.1, 1.0), **kw) -> SweepResult:
+    """:func:`sweep` for the stacked probe on the last ``k`` layers; ``model`` is a :class:`StackedLogistic`."""
+    stacked = StackedLogistic(k=k, penalty=penalty, **kw)
+    L = _check_X(X_train).shape[1]
+    res = sweep(stacked.stack(X_train), y_train, stacked.stack(X_val), y_val, penalty, Cs, **kw)
+    stacked.set_params(C=float(res.best_C[0]))
+    stacked.probe_ = res.model
+    stacked._adopt(L)
+    return SweepResult(res.Cs, res.best_C, res.val_auroc, res.coef_path, res.intercept_path, res.n_iter, stacked)
