@@ -323,6 +323,8 @@ def _project(Xs, new, Z_new, theta, Z, p, t, pg, orthant, objective, halvings: i
 
 DAMP0 = 1e-6  # initial Levenberg-Marquardt damping, relative to the mean diagonal of the Newton matrix
 NEWTON_MAX = 640  # largest working set solved by Newton; OWL-QN above
+INNER = 0.5
+OWLQN_RANK = 0
 
 
 def solve_l1(Xs, y, l1, max_iter=300, tol=1e-4, max_rounds=30, min_add=32):
@@ -364,12 +366,12 @@ def solve_l1(Xs, y, l1, max_iter=300, tol=1e-4, max_rounds=30, min_add=32):
             valid = torch.gather(allowed, 1, idx).unsqueeze(1)  # [L, 1, M]: False on padding
             Xg = torch.gather(Xs, 2, idx.unsqueeze(1).expand(L, n, M))  # [L, n, M]
             th = torch.cat([torch.gather(theta[..., :d], 2, idx.unsqueeze(1)) * valid, theta[..., d:]], -1)
-            inner_tol = torch.clamp(0.5 * outside, min=tol)
+            inner_tol = torch.clamp(INNER * outside, min=tol)
             if M <= NEWTON_MAX:
                 th, Z, it = _newton_l1(Xg, yb, lam, th, valid, max_iter, inner_tol)
             else:  # Newton matrices would cost n M^2: quasi-Newton instead
                 th, it, _ = solve(
-                    Xg, y, torch.zeros_like(lam), max_iter, inner_tol, rank=0, l1=lam, theta0=th, mask=valid
+                    Xg, y, torch.zeros_like(lam), max_iter, inner_tol, rank=OWLQN_RANK, l1=lam, theta0=th, mask=valid
                 )
                 Z = logits(Xg, th)
             n_iter[:, k : k + 1] += it

@@ -1,10 +1,14 @@
 """Dense (L2) and sparse (L1) logistic probes on every layer at once, and the stacked probe.
 
-All layers are fitted together: the activations are laid out layer-major [L, n, d] and one
-batched solver (:mod:`vrp.probes._solver`: L-BFGS for L2, OWL-QN for L1) runs every layer, and
-in :func:`sweep` every value of C too, in a single loop whose cost is two reads of the
-activations per iteration. The objective is scikit-learn's (``C * sum(log-loss) + penalty``,
-intercept unpenalized), so C means the same thing and ``LogisticRegression`` is the test oracle.
+All layers are fitted together: the activations are laid out layer-major [L, n, d] and batched
+solvers (:mod:`vrp.probes._solver`) run every layer, and in :func:`sweep` every value of C, in one
+loop: L2 by L-BFGS preconditioned on each layer's top principal directions (all C at once, two
+reads of the activations per iteration); L1 by working sets (C ascending, warm-started) solved by
+an orthant-wise Newton method, or OWL-QN when the support grows large. The objective is
+scikit-learn's (``C * sum(log-loss) + penalty``, intercept unpenalized), so C means the same thing
+and ``LogisticRegression`` is the test oracle. Inputs may be float16; all arithmetic on them is
+float32 (float64 for line searches), apart from the L1 Newton matrix, which only shapes search
+directions and is bfloat16 where matrix units make that fast.
 
 Standardization (per layer and unit, mean and population standard deviation fitted on the
 training items; constant units get scale 1, as in ``StandardScaler``) is part of the estimator,
