@@ -38,6 +38,7 @@ _STRUCT = {
     "region_mass": "attn_region_mass",
     "region_mass_ratio": "attn_region_ratio",
     "pointing_hit": "attn_pointing_hit",
+    "image_mass": "attn_image_mass",  # added by the worker, not by structural_curves
 }
 
 
@@ -184,10 +185,10 @@ class BatchWorker:
         summary = structural.summarize_curves(curves)
         for key, value in summary.items():
             base = key.removesuffix("_mean")
-            col = ("attn_image_mass" if base == "image_mass" else _STRUCT[base]) + key[len(base) :]
+            col = _STRUCT[base] + key[len(base) :]
             row[col] = value
         for key, curve in curves.items():
-            arrays["curve." + ("attn_image_mass" if key == "image_mass" else _STRUCT[key])] = curve.astype(np.float32)
+            arrays["curve." + _STRUCT[key]] = curve.astype(np.float32)
         if cfg.store_attention != "none" and self.stored:
             # "heads": raw attention per head (mean over answer steps, not renormalized, so a
             # head's image mass is kept); "mean": the renormalized head-averaged map p_l
