@@ -2,7 +2,8 @@
 
 Synthetic activations at LLaVA-7B scale (default 32 layers x 4096 units x 5,000 items, float32,
 about 2.6 GB): per layer, a shared part of 256 factors with a power-law spectrum (variance 1/k
-for the k-th, as in the heavy-tailed spectra of real residual streams),
+for the k-th, as in the heavy-tailed spectra of real residual streams; ``--spectrum flat64``:
+64 equal factors instead, an easier, sharply low-rank case),
 unit noise, per-unit offsets and scales (a few "massive" units), and a planted signal u that
 drives the label y ~ Bernoulli(sigmoid(2 u)); the signal is absent from early layers and peaks
 around layer 2/3 of the depth, along a dense direction plus a few dedicated units. Split 60/20/20
@@ -28,7 +29,7 @@ Our L1 solver is fastest while supports stay sparse (a few hundred units); weak 
 liblinear, whose cost grows too (12 s per fit at C = 0.3 against 2 s at C = 0.1).
 
     python bench/probe_bench.py [--items 5000 --layers 32 --units 4096] [--sk-layers 8] [--threads 2]
-        [--l2-cs 0.001,0.01,0.1] [--l1-cs 0.01,0.03,0.1]
+        [--l2-cs 0.001,0.01,0.1] [--l1-cs 0.01,0.03,0.1] [--spectrum powerlaw|flat64] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -41,21 +42,30 @@ import warnings
 import numpy as np
 
 
-def synthetic(items: int, layers: int, units: int, seed: int = 0):
-    """Activations [items, layers, units] float32, labels [items], image ids [items]."""
+def synthetic(items: int, layers: int, units: int, seed: int = 0, spectrum: str = "powerlaw"):
+    """Activations [items, layers, units] float32, labels [items], image ids [items].
+
+    ``spectrum``: ``"powerlaw"`` (256 shared factors, the k-th of variance 1/k) or ``"flat64"``
+    (64 shared factors of variance 1/4 each: a sharp low-rank part).
+    """
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(items, generator=gen)  # latent reliability
     y = (torch.rand(items, generator=gen) < torch.sigmoid(2 * u)).numpy().astype(np.int64)
-    z = torch.randn(items, 256, generator=gen)  # shared factors, power-law spectrum (variance 1 / rank)
-    spectrum = torch.arange(1, 257, dtype=torch.float32).rsqrt()[:, None]
+    if spectrum == "powerlaw":
+        scales = torch.arange(1, 257, dtype=torch.float32).rsqrt()[:, None]  # [256, 1]
+    elif spectrum == "flat64":
+        scales = torch.full((64, 1), 0.5)
+    else:
+        raise ValueError(f"unknown spectrum {spectrum!r}")
+    z = torch.randn(items, len(scales), generator=gen)  # shared factors
     planted = torch.randperm(units, generator=gen)[:16]  # dedicated units
     X = np.empty((items, layers, units), dtype=np.float32)
     peak = 2 * layers / 3
     for layer in range(layers):
         strength = float(np.exp(-(((layer - peak) / (layers / 5)) ** 2))) if layer >= layers / 4 else 0.0
-        A = torch.randn(256, units, generator=gen) * spectrum
+        A = torch.randn(len(scales), units, generator=gen) * scales
         direction = torch.randn(units, generator=gen)
         direction /= direction.norm()
         h = z @ A + torch.randn(items, units, generator=gen)
@@ -104,6 +114,7 @@ def main() -> None:
     ap.add_argument("--sk-layers", type=int, default=8, help="layers fitted by the sklearn loop (0: all)")
     ap.add_argument("--l2-cs", default="0.001,0.01,0.1", help="C grid of the dense (L2) probes")
     ap.add_argument("--l1-cs", default="0.01,0.03,0.1", help="C grid of the sparse (L1) probes")
+    ap.add_argument("--spectrum", default="powerlaw", choices=["powerlaw", "flat64"], help="shared-factor spectrum")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the fastest of each is kept")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -120,7 +131,7 @@ def main() -> None:
     threadpoolctl.threadpool_limits(args.threads)
     Cs = {p: tuple(float(c) for c in getattr(args, f"{p}_cs").split(",")) for p in ("l2", "l1")}
     t0 = time.perf_counter()
-    X, y, images = synthetic(args.items, args.layers, args.units)
+    X, y, images = synthetic(args.items, args.layers, args.units, spectrum=args.spectrum)
     split = grouped_stratified_split(y, images, seed=0)
     print(
         f"data {X.shape} {X.nbytes / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s; "
@@ -154,6 +165,7 @@ def main() -> None:
     scale = L / len(layers)
     report = {
         "shape": list(X.shape),
+        "spectrum": args.spectrum,
         "Cs": Cs,
         "sk_layers": layers,
         "extrapolated": scale != 1,

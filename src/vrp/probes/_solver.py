@@ -296,19 +296,42 @@ def _newton_l1(Xg, yb, lam, theta, valid, max_iter, tol):
     return theta, Z, n_iter
 
 
+def _sparse_logits(Xs, v):
+    """X v for weights v [L, K, d] with few non-zeros (no intercept): [L, K, n] float64.
+
+    Gathers only the columns of ``Xs`` [L, n, d] that some column of ``v`` uses (a dense pass when
+    there are many).
+    """
+    L, n, d = Xs.shape
+    used = (v != 0).any(1)  # [L, d]
+    m = int(used.sum(-1).max())
+    if m > d // 8:
+        return torch.bmm(v, Xs.transpose(1, 2)).double()
+    idx = torch.sort(used.float(), dim=-1, descending=True, stable=True).indices[:, :m]  # [L, m]
+    cols = torch.gather(Xs, 2, idx.unsqueeze(1).expand(L, n, m))  # [L, n, m]
+    return torch.bmm(torch.gather(v, 2, idx.unsqueeze(1).expand(-1, v.shape[1], -1)), cols.transpose(1, 2)).double()
+
+
 def _project(Xs, new, Z_new, theta, Z, p, t, pg, orthant, objective, halvings: int = 10):
-    """Orthant-wise step: zero the units that left the orthant; exact logits and Armijo backtracking then."""
+    """Orthant-wise step: zero the units that left the orthant; exact logits and Armijo backtracking then.
+
+    ``Z_new`` holds the logits ``Z + t Zp`` of the unprojected step: the projected ones subtract
+    the contribution of the zeroed units only (a gather of few columns, not a pass over ``Xs``).
+    """
     w = new[..., :-1]
     crossed = (torch.sign(w) != orthant) & (w != 0)
     if not bool(crossed.any()):
         return new, Z_new, t
+    Zp = (Z_new - Z) / torch.where(t > 0, t, torch.ones_like(t)).unsqueeze(-1)  # X p (+ intercept step)
     f0 = objective(theta, Z)
     pending = crossed.any(-1)  # columns whose path bent
     for _ in range(halvings):
-        cand = theta + t.float().unsqueeze(-1) * p
-        cw = cand[..., :-1]
-        cand[..., :-1] = torch.where(torch.sign(cw) == orthant, cw, 0)
-        Zc = logits(Xs, cand)
+        line = theta + t.float().unsqueeze(-1) * p
+        lw = line[..., :-1]
+        drop = (torch.sign(lw) != orthant) & (lw != 0)  # [L, K, d] units the projection zeroes
+        cand = line.clone()
+        cand[..., :-1] = torch.where(drop, 0, lw)
+        Zc = Z + t.unsqueeze(-1) * Zp - _sparse_logits(Xs, torch.where(drop, lw, 0))
         ok = objective(cand, Zc) <= f0 + 1e-4 * (pg.double() * (cand - theta).double()).sum(-1)
         take = pending & ok
         new = torch.where(take.unsqueeze(-1), cand, new)
@@ -323,8 +346,7 @@ def _project(Xs, new, Z_new, theta, Z, p, t, pg, orthant, objective, halvings: i
 
 DAMP0 = 1e-6  # initial Levenberg-Marquardt damping, relative to the mean diagonal of the Newton matrix
 NEWTON_MAX = 640  # largest working set solved by Newton; OWL-QN above
-INNER = 0.5
-OWLQN_RANK = 0
+INNER = 0.5  # a round solves its working set to INNER x the violation left outside it (at least tol)
 
 
 def solve_l1(Xs, y, l1, max_iter=300, tol=1e-4, max_rounds=30, min_add=32):
@@ -371,7 +393,7 @@ def solve_l1(Xs, y, l1, max_iter=300, tol=1e-4, max_rounds=30, min_add=32):
                 th, Z, it = _newton_l1(Xg, yb, lam, th, valid, max_iter, inner_tol)
             else:  # Newton matrices would cost n M^2: quasi-Newton instead
                 th, it, _ = solve(
-                    Xg, y, torch.zeros_like(lam), max_iter, inner_tol, rank=OWLQN_RANK, l1=lam, theta0=th, mask=valid
+                    Xg, y, torch.zeros_like(lam), max_iter, inner_tol, rank=0, l1=lam, theta0=th, mask=valid
                 )
                 Z = logits(Xg, th)
             n_iter[:, k : k + 1] += it
