@@ -131,6 +131,105 @@ def _check_run_dir(run: Path) -> None:
         _fail(f"{run} holds no finished run (no items.parquet); make one with `vrp run --out {run}`")
 
 
+def _ints(spec: str | None, what: str) -> tuple[int, ...] | None:
+    if spec is None:
+        return None
+    try:
+        return tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        _fail(f"{what} must be comma-separated integers, got {spec!r}")
+
+
+@app.command()
+def intervene(
+    run: Path = typer.Option(..., "--run", help="A run directory written by `vrp run` (neurons/mass need `vrp probe`)."),
+    kind: str = typer.Option(..., help="neurons, mass, mlp, heads, patches or patching."),
+    name: str = typer.Option(None, help="Experiment name in the output tables (default: the kind)."),
+    layers: str = typer.Option(None, help="Decoder blocks, e.g. '1,3' or '-1' (default: the kind's)."),
+    k: int = typer.Option(16, help="neurons: top-k sparse-probe units (and k random control units)."),
+    site: str = typer.Option("residual", help="neurons/mass: residual (block output) or mlp (MLP write)."),
+    mode: str = typer.Option("zero", help="neurons/mass: zero, or clamp to --clamp-scale x the unit's std."),
+    clamp_scale: float = typer.Option(5.0, help="Multiple of each unit's std used by --mode clamp."),
+    sizes: str = typer.Option(None, help="mass: unit counts (>=1) or width fractions (<1), e.g. '500,1000,2000'."),
+    heads: str = typer.Option(None, help="heads: which heads (default: each head of each layer)."),
+    frac: float = typer.Option(0.3, help="patches/patching: fraction of the patch grid masked."),
+    map_layer: int = typer.Option(-1, help="patches: decoder block whose attention ranks the patches."),
+    aggregation: str = typer.Option("mean", help="patches: attention map over heads/tokens: mean, max or first."),
+    space: str = typer.Option("pixel", help="patches: mask in pixel space or at the image-token embeddings."),
+    fill: str = typer.Option("patch-mean", help="Pixel fill: patch-mean or image-mean."),
+    corruption: str = typer.Option("top", help="patching: top, random or all patches masked (pixels)."),
+    sites: str = typer.Option("residual,attn,mlp", help="patching: sites restored from the clean run."),
+    positions: str = typer.Option("last", help="patching: restore the last (decision) position only, or all."),
+    seed: int = typer.Option(0, help="Seed of the random controls and the bootstrap."),
+    n_boot: int = typer.Option(10_000, help="Paired-bootstrap resamples of each CI."),
+    batch_size: int = typer.Option(8, help="Items per generate call."),
+    limit: int = typer.Option(None, help="Only the first N answered items."),
+) -> None:
+    """Re-answer a run's items under an intervention: paired accuracy and margin deltas with CIs."""
+    from vrp.interventions import InterveneConfig
+    from vrp.interventions import intervene as run_intervention
+    from vrp.interventions.config import InterveneConfigError
+
+    _check_run_dir(run)
+    try:
+        cfg = InterveneConfig(
+            kind=kind, name=name, layers=_ints(layers, "--layers"), k=k, site=site, mode=mode,
+            clamp_scale=clamp_scale, sizes=tuple(float(x) for x in sizes.split(",")) if sizes else None,
+            heads=_ints(heads, "--heads"), frac=frac, map_layer=map_layer, aggregation=aggregation, space=space,
+            fill=fill, corruption=corruption, patch_sites=tuple(s.strip() for s in sites.split(",") if s.strip()),
+            patch_positions=positions,
+            seed=seed, n_boot=n_boot, batch_size=batch_size, limit=limit,
+        )  # fmt: skip
+    except (InterveneConfigError, ValueError) as e:
+        _fail(str(e))
+    with _progress() as prog:
+        task = prog.add_task(f"{kind}", total=None, rate="", failures=0)
+
+        def on_progress(done: int, total: int, label: str) -> None:
+            prog.update(task, completed=done, total=total, description=f"{kind}: {label}")
+
+        try:
+            entry = run_intervention(run, cfg, on_progress)
+        except ValueError as e:
+            _fail(str(e))
+    _print_interventions(run, cfg.experiment, entry)
+
+
+def _print_interventions(run: Path, experiment: str, entry: dict) -> None:
+    import pyarrow.parquet as pq
+
+    out = run / "interventions"
+    console.print(
+        f"clean pass: accuracy {entry['clean_accuracy']:.3f} on {entry['n_items']} items "
+        f"(agrees with the run's labels on {entry['clean_agreement_with_run']:.1%})",
+        soft_wrap=True,
+    )
+    if entry["kind"] == "patching":
+        t = pq.read_table(out / "patching.parquet").to_pandas()
+        t = t[t.experiment == experiment]
+        c = entry["corruption"]
+        table = Table(title=f"activation patching: {c['label']} moves the margin by {c['margin_delta']:+.3f} "
+                            f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]; fraction recovered by restoring")  # fmt: skip
+        for col in ("site", "layer", "recovered [95% CI]", "n"):
+            table.add_column(col, justify="right" if col != "site" else "left")
+        for r in t.itertuples():
+            table.add_row(r.site, str(r.layer), f"{r.recovered:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]", str(r.n))
+    else:
+        t = pq.read_table(out / "effects.parquet").to_pandas()
+        t = t[t.experiment == experiment]
+        table = Table(title=f"{experiment} on {run}: paired change vs the clean pass (95% paired-bootstrap CI)")
+        for col in ("condition", "task", "n", "acc clean", "acc", "delta (pp)", "margin delta"):
+            table.add_column(col, justify="left" if col in ("condition", "task") else "right")
+        for r in t.itertuples():
+            table.add_row(
+                r.condition + (" (control)" if r.control else ""), r.task, str(r.n), f"{r.acc_clean:.3f}",
+                f"{r.acc_intervened:.3f}", f"{r.delta_pp:+.1f} [{r.delta_ci_low:+.1f}, {r.delta_ci_high:+.1f}]",
+                f"{r.margin_delta:+.3f} [{r.margin_ci_low:+.3f}, {r.margin_ci_high:+.3f}]",
+            )  # fmt: skip
+    _stdout().print(table)
+    console.print(f"wrote {out}", soft_wrap=True)
+
+
 @app.command()
 def probe(
     run: Path = typer.Option(..., "--run", help="A run directory written by `vrp run`."),

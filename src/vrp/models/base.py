@@ -134,6 +134,21 @@ class ModelAdapter:
     def decoder_layers(self) -> list:
         return list(self.model.get_submodule(self.module_paths["decoder_layers"]))
 
+    # Sub-modules of one decoder block (relative dotted paths), shared by the three families.
+    layer_paths: ClassVar[dict[str, str]] = {"attn": "self_attn", "mlp": "mlp", "attn_out": "self_attn.o_proj"}
+
+    def layer_module(self, layer: int, name: str) -> Any:
+        """A sub-module of decoder block ``layer`` by canonical name (attn, mlp, attn_out)."""
+        if name not in self.layer_paths:
+            raise ValueError(f"unknown block sub-module {name!r}; known: {sorted(self.layer_paths)}")
+        try:
+            return self.decoder_layers()[layer].get_submodule(self.layer_paths[name])
+        except AttributeError as e:
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} at {self.path}: decoder block {layer} has no "
+                f"{self.layer_paths[name]!r} ({name}) that the {self.family} adapter expects"
+            ) from e
+
     def final_norm(self) -> Any:
         return self.model.get_submodule(self.module_paths["final_norm"])
 
@@ -197,6 +212,19 @@ class ModelAdapter:
             out.append(grids)
         return out
 
+    def _crop_geometry(self, image_size: tuple[int, int]) -> tuple[float, float, float, float, float] | None:
+        """(scale, x offset, y offset, crop width, crop height) of a shortest-edge resize plus
+        centre crop (CLIP / LLaVA-1.5), or None for a plain resize (relative coordinates kept)."""
+        w, h = image_size
+        ip = getattr(self.processor, "image_processor", None)
+        crop = getattr(ip, "crop_size", None) if getattr(ip, "do_center_crop", False) else None
+        if crop is None:
+            return None
+        short = _size_field(getattr(ip, "size", None), "shortest_edge") or min(w, h)
+        scale = short / min(w, h)
+        ch, cw = _size_field(crop, "height") or short, _size_field(crop, "width") or short
+        return scale, (w * scale - cw) / 2, (h * scale - ch) / 2, cw, ch
+
     def view_box(self, box: Sequence[float], image_size: tuple[int, int]) -> tuple[float, float, float, float] | None:
         """A pixel box ``[x0, y0, x1, y1]`` of the original image in the coordinates the
         vision tower sees, normalized to [0, 1] (so it can be laid on the patch grid).
@@ -207,19 +235,26 @@ class ModelAdapter:
         """
         w, h = image_size
         x0, y0, x1, y1 = (float(v) for v in box)
-        ip = getattr(self.processor, "image_processor", None)
-        crop = getattr(ip, "crop_size", None) if getattr(ip, "do_center_crop", False) else None
-        if crop is not None:
-            short = _size_field(getattr(ip, "size", None), "shortest_edge") or min(w, h)
-            scale = short / min(w, h)
-            ch, cw = _size_field(crop, "height") or short, _size_field(crop, "width") or short
-            ox, oy = (w * scale - cw) / 2, (h * scale - ch) / 2
+        geo = self._crop_geometry(image_size)
+        if geo is not None:
+            scale, ox, oy, cw, ch = geo
             x0, x1 = (x0 * scale - ox) / cw, (x1 * scale - ox) / cw
             y0, y1 = (y0 * scale - oy) / ch, (y1 * scale - oy) / ch
         else:
             x0, x1, y0, y1 = x0 / w, x1 / w, y0 / h, y1 / h
         x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0)
         return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+    def image_box(self, view: Sequence[float], image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """Inverse of :meth:`view_box`: the pixel box of the original image that a normalized
+        box of the vision tower's view covers (e.g. one cell of the image-token grid)."""
+        w, h = image_size
+        x0, y0, x1, y1 = (float(v) for v in view)
+        geo = self._crop_geometry(image_size)
+        if geo is None:
+            return (x0 * w, y0 * h, x1 * w, y1 * h)
+        scale, ox, oy, cw, ch = geo
+        return ((x0 * cw + ox) / scale, (y0 * ch + oy) / scale, (x1 * cw + ox) / scale, (y1 * ch + oy) / scale)
 
     def generation_state(self) -> dict:
         """Model state that ``generate`` keeps between calls and that a continuation from a
