@@ -81,8 +81,15 @@ def run(
     engine: str = typer.Option("local", help="local, or ray (one model replica per Ray worker)."),
     workers: int = typer.Option(2, help="Ray workers (with --engine ray)."),
     force: bool = typer.Option(False, "--force", help="Discard what the run directory holds and start over."),
+    analysis: bool = typer.Option(
+        True, "--analysis/--answer-only", help="After answering: probes, predictor table and report (default)."
+    ),
 ) -> None:
-    """Answer and measure every item, writing (or resuming) the run directory."""
+    """Answer and measure every item, then train the probes, analyze and write the report.
+
+    Each later stage is also its own command (`vrp probe`, `vrp analyze`, `vrp report`) for
+    re-analysis of an existing run; `--answer-only` stops after the run directory is written.
+    """
     from vrp.config import ConfigError, RunConfig
     from vrp.data.sources import DataSpecError
     from vrp.models import NotAModelError, UnsupportedModelError
@@ -124,11 +131,33 @@ def run(
         + f"; wrote {out}",
         soft_wrap=True,
     )
+    if not analysis:
+        return
+    if c["answered"] == 0:
+        _fail("no item was answered: nothing to analyze")
+    try:
+        _train_probes(out, seed=seed, stacked_k=5)
+    except (ValueError, KeyError) as e:  # e.g. one class only: the rest of the analysis still runs
+        console.print(f"[yellow]probes skipped:[/] {e}", soft_wrap=True)
+    _analyze(out, n_boot=10_000, n_perm=10_000, seed=seed)
+    _report(out, layer=None, cases=6)
 
 
 def _check_run_dir(run: Path) -> None:
     if not (run / "items.parquet").is_file():
         _fail(f"{run} holds no finished run (no items.parquet); make one with `vrp run --out {run}`")
+
+
+def _report(run: Path, layer: int | None, cases: int) -> Path:
+    from vrp.report import build_report
+
+    with console.status("building the report"):
+        try:
+            path = build_report(run, layer=layer, n_cases=cases)
+        except (ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+    console.print(f"wrote {path} and {run / 'summary.json'}; open it in a browser", soft_wrap=True)
+    return path
 
 
 def _ints(spec: str | None, what: str) -> tuple[int, ...] | None:
@@ -142,7 +171,9 @@ def _ints(spec: str | None, what: str) -> tuple[int, ...] | None:
 
 @app.command()
 def intervene(
-    run: Path = typer.Option(..., "--run", help="A run directory written by `vrp run` (neurons/mass need `vrp probe`)."),
+    run: Path = typer.Option(
+        ..., "--run", help="A run directory written by `vrp run` (neurons/mass need `vrp probe`)."
+    ),
     kind: str = typer.Option(..., help="neurons, mass, mlp, heads, patches or patching."),
     name: str = typer.Option(None, help="Experiment name in the output tables (default: the kind)."),
     layers: str = typer.Option(None, help="Decoder blocks, e.g. '1,3' or '-1' (default: the kind's)."),
@@ -237,14 +268,18 @@ def probe(
     stacked_k: int = typer.Option(5, help="Layers concatenated by the stacked probe."),
 ) -> None:
     """Train the reliability probes (dense, sparse, stacked, MLP, attention ensembles) on a run."""
+    _check_run_dir(run)
+    try:
+        _train_probes(run, seed, stacked_k)
+    except (ValueError, KeyError) as e:
+        _fail(str(e))
+
+
+def _train_probes(run: Path, seed: int, stacked_k: int) -> None:
     from vrp.analysis.probing import ProbeConfig, train_probes
 
-    _check_run_dir(run)
     with console.status("training probes"):
-        try:
-            summary = train_probes(run, ProbeConfig(seed=seed, stacked_k=stacked_k))
-        except (ValueError, KeyError) as e:
-            _fail(str(e))
+        summary = train_probes(run, ProbeConfig(seed=seed, stacked_k=stacked_k))
     table = Table(title=f"probes on {run} (n = {summary['n']}, split {summary['split_sizes']})")
     for col in ("probe", "chosen on validation", "val AUROC", "test AUROC"):
         table.add_column(col, justify="left" if col in ("probe", "chosen on validation") else "right")
@@ -263,10 +298,14 @@ def analyze(
     seed: int = typer.Option(0, help="Seed of the resampling."),
 ) -> None:
     """Which signals predict correctness: AUROC with 95% CIs, p-values (Bonferroni, BH), AURC, ECE."""
+    _check_run_dir(run)
+    _analyze(run, n_boot, n_perm, seed)
+
+
+def _analyze(run: Path, n_boot: int, n_perm: int, seed: int) -> None:
     from vrp.analysis.predictors import AnalyzeConfig
     from vrp.analysis.predictors import analyze as run_analysis
 
-    _check_run_dir(run)
     with console.status("bootstrapping"):
         summary = run_analysis(run, AnalyzeConfig(n_boot=n_boot, n_perm=n_perm, seed=seed))
     table = Table(title=f"predictors of correctness on {run}")
@@ -289,6 +328,18 @@ def analyze(
         f"Wrote {run / 'analysis'}",
         soft_wrap=True,
     )
+
+
+@app.command()
+def report(
+    run: Path = typer.Option(..., "--run", help="A run directory written by `vrp run` (and probe, analyze)."),
+    layer: int | None = typer.Option(None, help="Decoder block of the cases' attention overlays (default: last)."),
+    cases: int = typer.Option(6, help="Case studies: half most confident wrong, half least confident right."),
+) -> None:
+    """Build the offline HTML report (RUN_DIR/report/index.html) and RUN_DIR/summary.json; no model is loaded."""
+    _check_run_dir(run)
+    path = _report(run, layer, cases)
+    typer.echo(str(path))
 
 
 @world_app.command("generate")

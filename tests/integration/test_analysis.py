@@ -18,7 +18,7 @@ from vrp.signals.catalog import NAMES
 def analyzed(tmp_path_factory):
     out = tmp_path_factory.mktemp("ana") / "run"
     runner = CliRunner()
-    res = runner.invoke(app, ["run", "--model", "toy-llava", "--out", str(out), "--data", "shapesworld:40",
+    res = runner.invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), "--data", "shapesworld:40",
                               "--samples", "4", "--max-new-tokens", "4", "--seed", "5"])  # fmt: skip
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["probe", "--run", str(out), "--stacked-k", "3"])

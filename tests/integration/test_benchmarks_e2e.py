@@ -190,7 +190,18 @@ def test_run_on_benchmark_format(random_toy_dirs, tmp_path, name):
     out = tmp_path / "run"
     res = runner.invoke(
         app,
-        ["run", "--model", random_toy_dirs["llava"], "--data", spec, "--out", str(out), "--max-new-tokens", "3"],
+        [
+            "run",
+            "--answer-only",
+            "--model",
+            random_toy_dirs["llava"],
+            "--data",
+            spec,
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "3",
+        ],
         catch_exceptions=False,
     )
     assert res.exit_code == 0, res.output

@@ -125,7 +125,7 @@ def test_image_box_inverts_view_box(adapter):
 def toy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("iv") / "run"
     runner = CliRunner()
-    res = runner.invoke(app, ["run", "--model", "toy-llava", "--out", str(out), "--data", "shapesworld:16",
+    res = runner.invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), "--data", "shapesworld:16",
                               "--samples", "0", "--max-new-tokens", "4", "--seed", "3"])  # fmt: skip
     assert res.exit_code == 0, res.output
     return out

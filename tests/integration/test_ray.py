@@ -18,7 +18,7 @@ ARGS = ["--data", "shapesworld:4", "--batch-size", "3", "--samples", "3", "--max
 
 
 def _invoke(out, *extra):
-    res = CliRunner().invoke(app, ["run", "--model", "toy-llava", "--out", str(out), *ARGS, *extra])
+    res = CliRunner().invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), *ARGS, *extra])
     assert res.exit_code == 0, res.output
     return json.loads((out / "manifest.json").read_text())
 

@@ -27,7 +27,7 @@ ARGS = ["--data", "shapesworld:3", "--batch-size", "2", "--samples", "3", "--max
 
 
 def _cmd(model: str, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-c", "from vrp.cli import app; app()", "run", "--model", model, "--out", str(out),
+    return [sys.executable, "-c", "from vrp.cli import app; app()", "run", "--answer-only", "--model", model, "--out", str(out),
             *ARGS, *extra]  # fmt: skip
 
 
@@ -144,7 +144,7 @@ def test_a_changed_setup_is_refused_unless_forced(random_toy_dirs, reference, tm
     from vrp.cli import app
 
     def run(model: str, *extra: str):
-        return CliRunner().invoke(app, ["run", "--model", model, "--out", str(out), *ARGS, *extra])
+        return CliRunner().invoke(app, ["run", "--answer-only", "--model", model, "--out", str(out), *ARGS, *extra])
 
     out = tmp_path / "run"
     shutil.copytree(reference["dir"], out)  # a moved run directory is still the same run

@@ -19,7 +19,7 @@ runner = CliRunner()
 
 
 def _run(*args: str):
-    return runner.invoke(app, ["run", *args], catch_exceptions=False)
+    return runner.invoke(app, ["run", "--answer-only", *args], catch_exceptions=False)
 
 
 def test_run_end_to_end_rows_columns_and_manifest(random_toy_dirs, tmp_path):

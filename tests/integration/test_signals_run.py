@@ -40,7 +40,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sig") / "run"
-    res = CliRunner().invoke(app, ["run", "--model", "toy-llava", "--out", str(out), *ARGS])
+    res = CliRunner().invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), *ARGS])
     assert res.exit_code == 0, res.output
     return out
 
@@ -144,7 +144,7 @@ def test_items_schema_and_shard_arrays(toy_run):
 def test_store_options_shrink_the_shards(toy_run, tmp_path):
     out = tmp_path / "slim"
     extra = ["--store-layers", "0,-1", "--store-attention", "heads", "--no-residuals"]
-    res = CliRunner().invoke(app, ["run", "--model", "toy-llava", "--out", str(out), *ARGS, *extra])
+    res = CliRunner().invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), *ARGS, *extra])
     assert res.exit_code == 0, res.output
     _, arrays = next(storage.iter_shards(out))
     assert "residual" not in arrays
@@ -153,7 +153,7 @@ def test_store_options_shrink_the_shards(toy_run, tmp_path):
     heads = arrays["attention.0"].mean(axis=1)  # raw per-head maps -> the head-averaged map p_l
     np.testing.assert_allclose(heads / heads.sum(axis=(1, 2), keepdims=True), full["attention.0"][[0, 3]], rtol=1e-4)
     res = CliRunner().invoke(
-        app, ["run", "--model", "toy-llava", "--out", str(tmp_path / "none"), *ARGS, "--store-attention", "none",
+        app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(tmp_path / "none"), *ARGS, "--store-attention", "none",
               "--no-residuals"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -1,0 +1,248 @@
+"""The report's figures: pure functions from arrays to PNG bytes (matplotlib, Agg canvas).
+
+No pyplot and no global backend switch: each figure is a standalone
+``matplotlib.figure.Figure`` rendered by the Agg canvas, so importing this module changes
+nothing in the caller's matplotlib state. Inputs are plain arrays; NaN points are not drawn.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DPI = 100
+FAMILY_COLORS = {
+    "structural": "#3b75af",
+    "mechanistic": "#e1812c",
+    "behavioral": "#3a923a",
+    "probe": "#8e5fb8",
+}
+CORRECT, WRONG = "#2a7f3f", "#c0392b"
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)  # one draw: constrained layout, no tight-bbox pass
+    return buf.getvalue()
+
+
+def _style(ax, title: str = "", xlabel: str = "", ylabel: str = "") -> None:
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(xlabel, fontsize=10)
+    ax.set_ylabel(ylabel, fontsize=10)
+    ax.tick_params(labelsize=9)
+    ax.grid(alpha=0.3, linewidth=0.6)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _legend_below(ax, n: int) -> None:
+    if not ax.get_legend_handles_labels()[0]:
+        return
+    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2 if n > 3 else 1)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One row of an interval plot: point estimate with its CI."""
+
+    label: str
+    value: float
+    lo: float
+    hi: float
+    color: str = "#333333"
+    hollow: bool = False
+
+
+def interval_plot(rows: Sequence[Interval], ref: float, xlabel: str, title: str = "", xlim=None) -> bytes:
+    """Forest plot: one row per estimate (top to bottom as given), CI whiskers, a reference line."""
+    n = max(1, len(rows))
+    fig = _figure(7.0, 0.9 + 0.21 * n)
+    ax = fig.add_subplot()
+    ys = np.arange(n)[::-1]
+    for y, r in zip(ys, rows, strict=False):
+        ax.plot([r.lo, r.hi], [y, y], color=r.color, linewidth=1.6)
+        face = "white" if r.hollow else r.color
+        ax.plot([r.value], [y], "o", color=r.color, markerfacecolor=face, markersize=5.5)
+    ax.axvline(ref, color="#777777", linestyle="--", linewidth=1)
+    ax.set_yticks(ys[: len(rows)], [r.label for r in rows], fontsize=9)
+    ax.set_ylim(-0.7, n - 0.3)
+    if xlim is not None:
+        ax.set_xlim(*xlim)
+    _style(ax, title, xlabel)
+    ax.grid(axis="y", alpha=0)
+    return _png(fig)
+
+
+@dataclass(frozen=True)
+class Band:
+    """A curve with an optional CI band (NaN bounds: no band)."""
+
+    label: str
+    mean: np.ndarray
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+    color: str | None = None
+    style: str = "-"
+
+
+def band_plot(
+    x: Sequence[float],
+    bands: Sequence[Band],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    hline: float | None = None,
+    ylim=None,
+    mark_x: float | None = None,
+) -> bytes:
+    """Curves over layers, each with its shaded CI band; a dashed reference line at ``hline``."""
+    fig = _figure(5.6, 3.3)
+    ax = fig.add_subplot()
+    x = np.asarray(x, dtype=float)
+    for b in bands:
+        (line,) = ax.plot(x, b.mean, b.style, color=b.color, label=b.label, marker="o", markersize=3.5, linewidth=1.6)
+        if b.lo is not None and b.hi is not None:
+            ax.fill_between(x, b.lo, b.hi, color=line.get_color(), alpha=0.18, linewidth=0)
+    if hline is not None:
+        ax.axhline(hline, color="#777777", linestyle="--", linewidth=1)
+    if mark_x is not None:
+        ax.axvline(mark_x, color="#999999", linestyle=":", linewidth=1.2)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xticks(x)
+    _style(ax, title, xlabel, ylabel)
+    if bands:
+        ax.legend(fontsize=8.5, frameon=False)
+    return _png(fig)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A named x/y curve (risk-coverage or reliability points)."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    color: str | None = None
+
+
+def risk_coverage_plot(curves: Sequence[Curve], error_rate: float, title: str) -> bytes:
+    """Risk vs coverage per signal; the dashed line is the error rate (no selection)."""
+    fig = _figure(5.6, 3.5)
+    ax = fig.add_subplot()
+    for c in curves:
+        ax.plot(c.x, c.y, color=c.color, label=c.label, linewidth=1.5)
+    if np.isfinite(error_rate):
+        ax.axhline(error_rate, color="#777777", linestyle="--", linewidth=1, label=f"no selection ({error_rate:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    _style(ax, title, "coverage (fraction of items kept)", "risk (error rate among kept)")
+    _legend_below(ax, len(curves) + 1)
+    return _png(fig)
+
+
+def reliability_plot(curves: Sequence[Curve], title: str) -> bytes:
+    """Reliability diagram: accuracy vs mean stated probability per non-empty bin."""
+    fig = _figure(5.6, 3.5)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#777777", linestyle="--", linewidth=1, label="perfect calibration")
+    for c in curves:
+        ok = np.isfinite(c.x) & np.isfinite(c.y)
+        ax.plot(c.x[ok], c.y[ok], marker="o", markersize=3.5, color=c.color, label=c.label, linewidth=1.3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    _style(ax, title, "mean stated p(correct) in bin", "fraction correct in bin")
+    _legend_below(ax, len(curves) + 1)
+    return _png(fig)
+
+
+def case_figure(
+    image: np.ndarray | None,
+    attention: np.ndarray | None,
+    margin: np.ndarray | None,
+    top_tokens: Sequence[str],
+    attn_title: str,
+    lens_title: str,
+) -> bytes:
+    """One case: the image, its attention overlay (grid stretched over the image) and the
+    logit-lens truth margin per residual layer annotated with the lens's top token.
+
+    Args:
+        image: ``[H, W, 3]`` uint8, or None when the file is missing.
+        attention: ``[rows, cols]`` map on the model's patch grid, or None when not stored.
+        margin: ``[L + 1]`` truth margin per residual layer, or None.
+        top_tokens: the lens's top token per residual layer (same length as ``margin``).
+    """
+    fig = _figure(8.4, 2.6)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.7]})
+    for ax, overlay in ((axes[0], False), (axes[1], True)):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if image is None:
+            ax.text(0.5, 0.5, "image file\nnot found", ha="center", va="center", fontsize=9, color="#a33")
+            ax.set_title("image" if not overlay else attn_title, fontsize=9.5)
+            continue
+        h, w = image.shape[:2]
+        ax.imshow(image, extent=(0, w, h, 0), interpolation="nearest")
+        if overlay:
+            if attention is None:
+                ax.text(w / 2, h / 2, "attention\nnot stored", ha="center", va="center", fontsize=9, color="white")
+            else:
+                ax.imshow(attention, extent=(0, w, h, 0), cmap="inferno", alpha=0.6, interpolation="nearest")
+        ax.set_title(attn_title if overlay else "image", fontsize=9.5)
+    ax = axes[2]
+    if margin is not None and len(margin):
+        x = np.arange(len(margin))
+        ax.plot(x, margin, marker="o", color="#2f5d9e", markersize=4, linewidth=1.6)
+        ax.axhline(0, color="#777777", linestyle="--", linewidth=1)
+        for xi, yi, tok in zip(x, margin, top_tokens, strict=False):
+            if np.isfinite(yi):
+                ax.annotate(tok[:10], (xi, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7.5)
+        ax.set_xticks(x)
+        ax.margins(y=0.25)
+    else:
+        ax.text(0.5, 0.5, "no lens curve stored", ha="center", va="center", fontsize=9)
+    _style(ax, lens_title, "residual layer (0 = embeddings)", "gold − best other (logits)")
+    ax.title.set_fontsize(9.5)
+    return _png(fig)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """Patching recovery of one site over layers, with its CI."""
+
+    site: str
+    layer: np.ndarray
+    recovered: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def recovery_plot(series: Sequence[Recovery], title: str) -> bytes:
+    """Fraction of the truth margin recovered by restoring each layer's site (1 = fully restored)."""
+    bands = [Band(s.site, s.recovered, s.lo, s.hi) for s in series]
+    layers = sorted({int(v) for s in series for v in s.layer})
+    fig = _figure(5.6, 3.3)
+    ax = fig.add_subplot()
+    for s, b in zip(series, bands, strict=True):
+        (line,) = ax.plot(s.layer, b.mean, marker="o", markersize=3.5, label=b.label, linewidth=1.6)
+        ax.fill_between(s.layer, b.lo, b.hi, color=line.get_color(), alpha=0.18, linewidth=0)
+    for y in (0.0, 1.0):
+        ax.axhline(y, color="#777777", linestyle="--", linewidth=1)
+    ax.set_xticks(layers)
+    _style(ax, title, "layer", "fraction of margin recovered")
+    ax.legend(fontsize=8.5, frameon=False)
+    return _png(fig)
