@@ -65,7 +65,10 @@ def test_matches_sklearn_oracle(data, penalty, C):
     ours = auroc(probe.decision_function(X[split.test]), y[split.test])  # [L]
     for layer in range(X.shape[1]):
         sk_auc, sk_coef = sklearn_fit(X, y, split, layer, penalty, C)
-        assert abs(ours[layer] - sk_auc) <= 0.01, (layer, ours[layer], sk_auc)
+        if np.all(sk_coef == 0):  # every weight zeroed: a constant score, undefined here (sklearn: 0.5)
+            assert np.isnan(ours[layer]) and np.all(probe.coef_[layer] == 0)
+        else:
+            assert abs(ours[layer] - sk_auc) <= 0.01, (layer, ours[layer], sk_auc)
         np.testing.assert_allclose(probe.coef_[layer], sk_coef, atol=5e-3 * max(1.0, np.abs(sk_coef).max()))
         if penalty == "l1":  # the same units selected (up to coefficients at the solver tolerance)
             big = np.abs(sk_coef) > 1e-2
@@ -244,3 +247,13 @@ def test_split_errors():
         grouped_stratified_split(np.arange(10) % 2, groups, fractions=(0.6, 0.3, 0.3))
     with pytest.raises(ValueError, match="1-D"):
         grouped_stratified_split(np.arange(10) % 2, groups[:9])
+
+
+def test_auroc_of_a_constant_score_is_undefined_and_never_chosen():
+    y = np.array([0, 1, 0, 1, 1])
+    scores = np.stack([np.full(5, 0.3), [0.1, 0.9, 0.2, 0.8, 0.7]], axis=1)
+    got = auroc(scores, y)
+    assert np.isnan(got[0]) and got[1] == 1.0
+    from vrp.probes.linear import nan_argmax
+
+    assert nan_argmax(np.array([np.nan, 0.2, 0.6, np.nan])) == 2

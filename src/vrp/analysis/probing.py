@@ -98,7 +98,7 @@ def _shard_meta(run_dir: Path) -> dict:
 def train_probes(run_dir: Path, cfg: ProbeConfig | None = None) -> dict:
     """Train every probe on the run in ``run_dir``; returns the summary written to ``probes/summary.json``."""
     from vrp.probes.io import save_probe
-    from vrp.probes.linear import sweep, sweep_stacked
+    from vrp.probes.linear import nan_argmax, sweep, sweep_stacked
     from vrp.probes.mlp import MLPProbe
     from vrp.probes.split import grouped_stratified_split
     from vrp.probes.trees import TreeEnsembleProbe
@@ -117,8 +117,10 @@ def train_probes(run_dir: Path, cfg: ProbeConfig | None = None) -> dict:
 
     for penalty, name in (("l2", "dense"), ("l1", "sparse")):
         res = sweep(X[tr], y[tr], X[va], y[va], penalty=penalty, Cs=cfg.cs, seed=cfg.seed, max_iter=cfg.max_iter)
-        val_best = res.val_auroc.max(axis=1)  # [L]
-        layer = int(np.argmax(val_best))
+        val_best = res.best_val_auroc  # [L]; NaN where undefined (a layer that is the same for every item)
+        if np.isnan(val_best).all():
+            raise ValueError("every layer's probe is undefined on validation (constant activations)")
+        layer = int(nan_argmax(val_best))
         proba = res.model.predict_proba(X)  # [n, L]
         test_by_layer = [_auroc(proba[te, k], y[te]) for k in range(proba.shape[1])]
         preds[f"probe_{name}"] = proba[:, layer]

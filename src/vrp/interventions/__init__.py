@@ -1,12 +1,26 @@
 """Causal interventions: unit, MLP and head ablation, patch masking, activation patching.
 
 The context managers in :mod:`vrp.interventions.hooks` work on any loaded adapter from Python;
-:func:`intervene` runs a whole experiment on a run directory (``vrp intervene``).
+:func:`intervene` runs a whole experiment on a run directory (``vrp intervene``). Names are
+imported on first use, so reading :mod:`vrp.interventions.schema` does not load torch.
 """
 
-from vrp.interventions.api import intervene
-from vrp.interventions.config import InterveneConfig
-from vrp.interventions.hooks import ablate_heads, ablate_units, bypass, mask_image_tokens, patch, record
+from importlib import import_module
 
-__all__ = ["InterveneConfig", "ablate_heads", "ablate_units", "bypass", "intervene", "mask_image_tokens", "patch",
-           "record"]  # fmt: skip
+_EXPORTS = {
+    "intervene": "vrp.interventions.api",
+    "InterveneConfig": "vrp.interventions.config",
+    "ablate_heads": "vrp.interventions.hooks",
+    "ablate_units": "vrp.interventions.hooks",
+    "bypass": "vrp.interventions.hooks",
+    "mask_image_tokens": "vrp.interventions.hooks",
+    "patch": "vrp.interventions.hooks",
+    "record": "vrp.interventions.hooks",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vrp.interventions' has no attribute {name!r}")

@@ -34,14 +34,25 @@ _CHUNK = 1024  # items per block when predicting
 
 
 def auroc(scores, y) -> np.ndarray:
-    """AUROC of every column of ``scores`` [n, ...] against binary ``y`` [n] (rank formula, ties averaged)."""
+    """AUROC of every column of ``scores`` [n, ...] against binary ``y`` [n] (rank formula, ties averaged).
+
+    A column whose scores are all equal (e.g. a probe on a layer that is the same for every
+    item) has no ranking: its AUROC is NaN (undefined), not 0.5.
+    """
     y = np.asarray(y).astype(bool)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUROC needs both classes among the labels")
-    ranks = rankdata(np.asarray(scores, dtype=np.float64), axis=0)
-    return (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    s = np.asarray(scores, dtype=np.float64)
+    ranks = rankdata(s, axis=0)
+    out = (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((s == s[:1]).all(0), np.nan, out)
+
+
+def nan_argmax(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """argmax ignoring NaN (the first index where everything is NaN)."""
+    return np.where(np.isnan(a), -np.inf, a).argmax(axis)
 
 
 def _check_X(X, n_layers: int | None = None) -> np.ndarray:
@@ -300,13 +311,14 @@ class SweepResult:
 
     @property
     def best_val_auroc(self) -> np.ndarray:
-        """[L] validation AUROC at each layer's best C."""
-        return self.val_auroc.max(1)
+        """[L] validation AUROC at each layer's best C (NaN where every C is undefined)."""
+        v = self.val_auroc
+        return np.take_along_axis(v, nan_argmax(v, 1)[:, None], 1)[:, 0]
 
     @property
     def best_layer(self) -> int:
         """The layer with the highest validation AUROC (the first on ties)."""
-        return int(np.argmax(self.best_val_auroc))
+        return int(nan_argmax(self.best_val_auroc))
 
     def decision_function_path(self, X) -> np.ndarray:
         """Logits [n, L, len(Cs)] of every (layer, C) probe of the path."""
@@ -353,7 +365,7 @@ def sweep(X_train, y_train, X_val, y_val, penalty="l2", Cs=(0.001, 0.01, 0.1, 1.
     _warn_unconverged(converged, est.max_iter)
     W, b = theta[..., :-1], theta[..., -1]  # [L, K, d], [L, K]
     val = auroc(_decision(X_val, mean, scale, W, b, est.device), y_val)  # [L, K]
-    best = val.argmax(1)  # [L]: the first (smallest) C among ties
+    best = nan_argmax(val, 1)  # [L]: the first (smallest) C among ties
     rows, cols = torch.arange(L), torch.from_numpy(best)
     est.set_params(C=np.asarray(Cs)[best])
     est._set_fitted(theta[rows, cols], mean, scale, n_iter[rows, cols], converged[rows, cols])
