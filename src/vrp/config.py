@@ -120,14 +120,19 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         """Build from a dict; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown RunConfig keys: {sorted(unknown)}; known: {sorted(known)}")
+        check_keys(cls, d, ConfigError)
         return cls(**d)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_keys(cls: type, d: dict, error: type[Exception]) -> None:
+    """Raise ``error`` naming the keys of ``d`` that are not fields of the dataclass ``cls``."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise error(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(known)}")
 
 
 def _parse_layers(spec: str) -> list[int] | None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from vrp.config import check_keys
 from vrp.interventions.masking import FILLS
 
 KINDS = ("neurons", "mass", "mlp", "heads", "patches", "patching")
@@ -104,9 +105,6 @@ class InterveneConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> InterveneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise InterveneConfigError(f"unknown InterveneConfig keys: {sorted(unknown)}")
+        check_keys(cls, d, InterveneConfigError)
         tup = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
         return cls(**{**d, **tup})
