@@ -17,6 +17,8 @@ world_app = typer.Typer(
     help="The synthetic ShapesWorld benchmark and the toy VLMs trained on it.", no_args_is_help=True
 )
 app.add_typer(world_app, name="world")
+monitor_app = typer.Typer(help="Reliability monitors: a run's probe packaged for a live model.", no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
 console = Console(stderr=True)
 
 
@@ -403,6 +405,113 @@ def world_train(
             f"{arch}: greedy accuracy on {result['n_images']} held-out images (seed {result['seed']})",
         )
     console.print(f"saved to {out}")
+
+
+@monitor_app.command("export")
+def monitor_export(
+    run: Path = typer.Option(..., "--run", help="A run directory on which `vrp probe` has run."),
+    out: Path = typer.Option(..., "--out", help="The monitor directory to write."),
+    probe: str = typer.Option("probe_dense", help="probe_dense (L2) or probe_sparse (L1), at its validation layer."),
+    target_risk: float | None = typer.Option(None, help="Abstain to reach this risk on validation (default 0.1)."),
+    target_coverage: float | None = typer.Option(None, help="Instead: answer this fraction of validation items."),
+) -> None:
+    """Package a run's probe, threshold and model identity as a monitor (safetensors + JSON)."""
+    from vrp.monitor import MonitorError, export_monitor
+
+    if target_risk is not None and target_coverage is not None:
+        _fail("give --target-risk or --target-coverage, not both")
+    try:
+        doc = export_monitor(run, out, probe=probe, target_risk=target_risk, target_coverage=target_coverage)
+    except (MonitorError, ValueError) as e:
+        _fail(str(e))
+    p, t, m = doc["probe"], doc["threshold"], doc["metrics"]
+
+    def auc(s: dict) -> str:
+        lo, hi = s["ci95"]
+        return f"{s['auroc']:.3f} [{lo:.3f}, {hi:.3f}]" if s["auroc"] is not None else "undefined"
+
+    def op(s: dict) -> str:
+        risk = "n/a" if s["risk"] is None else f"{s['risk']:.3f}"
+        return f"coverage {s['coverage']:.3f}, risk {risk} (n = {s['n']})"
+
+    console.print(
+        f"{probe} at residual layer {p['residual_layer']}: AUROC val {auc(m['val'])}, test {auc(m['test'])}\n"
+        f"threshold {t['value']:.4f} ({t['rule']} {t['target']}, chosen on validation): "
+        f"val {op(t['val'])}; test {op(t['test'])}\nwrote {out}",
+        soft_wrap=True,
+    )
+    if doc["model"]["content_sha256"] is None:
+        console.print(
+            f"[yellow]warning:[/] the run's model folder {doc['model']['path']} is not readable here (or changed): "
+            "the monitor will check only the model's config and file sizes, not its weights",
+            soft_wrap=True,
+        )
+
+
+def _load_monitor(monitor: Path, model: str | None, device: str, threshold: float | None, force: bool):
+    import torch
+
+    from vrp.models import NotAModelError, UnsupportedModelError, load_adapter
+    from vrp.models.loading import TOY_MODELS
+    from vrp.monitor import Monitor, MonitorError
+
+    try:
+        mon = Monitor.load(monitor, threshold=threshold)
+        info = mon.info["model"]
+        name = model or (info["name"] if info["name"] in TOY_MODELS else info.get("path") or info["name"])
+        with console.status(f"loading {name}"):
+            adapter = load_adapter(name, dtype=getattr(torch, info["dtype"]), device=device)
+        return mon.attach(adapter, force=force)
+    except (NotAModelError, FileNotFoundError) as e:
+        _fail(f"{e}" + ("" if model else "; pass the model's folder with --model PATH"))
+    except (MonitorError, UnsupportedModelError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def ask(
+    question: str | None = typer.Argument(None, help="The question (single mode)."),
+    monitor: Path = typer.Option(..., "--monitor", help="A monitor directory written by `vrp monitor export`."),
+    image: Path | None = typer.Option(None, "--image", help="The image (single mode)."),
+    batch: Path | None = typer.Option(None, "--batch", help="Batch mode: a JSONL file of {id, image, question}."),
+    out: Path | None = typer.Option(None, "--out", help="Batch mode: the answers file to write (JSONL)."),
+    model: str | None = typer.Option(None, help="The model (default: the one the monitor was exported from)."),
+    device: str = typer.Option("cpu", help="Torch device."),
+    batch_size: int | None = typer.Option(None, help="Questions per generate call (default: the run's)."),
+    threshold: float | None = typer.Option(None, help="Override the monitor's abstention threshold."),
+    force: bool = typer.Option(False, "--force", help="Attach even if the model's identity or dtype differs."),
+) -> None:
+    """Answer with p(correct) and an abstention flag: one question, or a JSONL batch."""
+    import json
+
+    if batch is None and (image is None or question is None):
+        _fail('single mode needs --image IMG and a question: vrp ask --monitor DIR --image IMG "question"')
+    if batch is not None and (image is not None or question is not None or out is None):
+        _fail("batch mode takes --batch FILE --out FILE and no --image or question")
+    if batch is not None and not batch.is_file():
+        _fail(f"batch file {batch} does not exist")
+    if batch_size is not None and batch_size < 1:
+        _fail("--batch-size must be >= 1")
+    mon = _load_monitor(monitor, model, device, threshold, force)
+    if batch is None:
+        try:
+            a = mon.ask(image, question)
+        except ValueError as e:
+            _fail(str(e))
+        print(json.dumps({"answer": a.text, "p_correct": a.p_correct, "abstain": a.abstain}))
+        verdict = "[yellow]abstain[/]" if a.abstain else "[green]answer[/]"
+        console.print(f"{verdict}: p(correct) = {a.p_correct:.3f} (threshold {a.threshold:.3f})")
+        return
+    from vrp.monitor.batch import answer_file
+
+    def on_skip(source: str, reason: str) -> None:
+        console.print(f"[yellow]skipped[/] {source}: {reason}", soft_wrap=True)
+
+    with console.status("answering"):
+        counts = answer_file(mon, batch, out, batch_size=batch_size, on_skip=on_skip)
+    console.print(
+        f"answered {counts['answered']} ({counts['abstained']} flagged abstain), skipped {counts['skipped']}; wrote {out}"
+    )
 
 
 def main() -> None:  # pragma: no cover

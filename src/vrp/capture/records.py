@@ -60,3 +60,13 @@ class ItemCapture:
     @property
     def n_steps(self) -> int:
         return len(self.answer_ids)
+
+
+def decode_answer(tokenizer, ids) -> str:
+    """The answer text of generated token ids, as every part of vrp reports it: cut after the
+    first EOS, EOS dropped, special tokens skipped, whitespace stripped."""
+    ids = [int(i) for i in ids]
+    eos = tokenizer.eos_token_id
+    if eos in ids:
+        ids = ids[: ids.index(eos)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()

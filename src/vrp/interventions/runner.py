@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vrp.capture.records import decode_answer
 from vrp.data.items import Item
 from vrp.data.scoring import is_correct, score_generic
 from vrp.interventions.config import InterveneConfig
@@ -99,8 +100,7 @@ def iter_batches(adapter, items: list[Item], batch_size: int) -> Iterator[Batch]
 
 
 def decode(adapter, cap) -> str:
-    tok = adapter.tokenizer
-    return tok.decode([i for i in cap.answer_ids.tolist() if i != tok.eos_token_id], skip_special_tokens=True).strip()
+    return decode_answer(adapter.tokenizer, cap.answer_ids)
 
 
 def answer(adapter, items: list[Item], cond: Condition, max_new_tokens: int, batch_size: int,

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from vrp.capture.records import decode_answer
 from vrp.config import RunConfig
 from vrp.data.items import Item
 from vrp.data.scoring import canonical_answer, is_correct, score_generic
@@ -156,7 +157,7 @@ class BatchWorker:
         out = []
         for b, (it, im, cap) in enumerate(zip(items, images, caps, strict=True)):
             ids = [i for i in cap.answer_ids.tolist() if i != tok.eos_token_id]
-            text = tok.decode(ids, skip_special_tokens=True).strip()
+            text = decode_answer(tok, cap.answer_ids)
             score = score_generic(it.task, text, it.answers)
             lens = lens_readout(adapter, cap.residual[0], reference_ids(tok, it.answers))
             row = {

@@ -1,0 +1,213 @@
+"""``vrp monitor export``: package a run's chosen probe as a monitor directory.
+
+The monitor is the probe ``vrp probe`` chose on validation (dense L2 by default), at its
+layer, with its standardization, plus what is needed to use it on a live model: the
+model's identity hash (the one the run recorded), the generation settings of the run
+(the probe was trained on residuals of exactly that greedy call), and an abstention
+threshold chosen on the **validation** split only, with the coverage and risk it gives on
+the test split reported next to it.
+
+The threshold rule is in :mod:`vrp.monitor.thresholds`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from vrp.monitor.files import MonitorError, write_monitor
+from vrp.monitor.thresholds import thresholds
+
+PROBES = ("probe_dense", "probe_sparse")
+RESIDUAL_MEANING = "0 = embedding output (input of decoder block 0); i >= 1 = output of decoder block i - 1"
+POSITION_MEANING = (
+    "decision position: the last prompt token, read during the prefill call of the greedy generate "
+    "(before the first answer token exists)"
+)
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise MonitorError(f"{path} is missing: {what}")
+    return path
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MonitorError(f"{path} is not valid JSON: {e}") from None
+
+
+def _shard_meta(run_dir: Path) -> dict:
+    from safetensors import safe_open
+
+    from vrp.runs import storage
+
+    shards = list(storage.completed(run_dir).values())
+    if not shards:
+        raise MonitorError(f"{run_dir} has no committed shards; the run is incomplete")
+    with safe_open(str(shards[0].with_suffix(".safetensors")), framework="np") as f:
+        return json.loads(f.metadata()["meta"])
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _content_hash(mod: dict) -> str | None:
+    """The sampled content hash of the run's model folder, if it is still there and unchanged."""
+    from vrp.monitor.identity import content_sha256, model_sha256
+
+    path = Path(mod.get("path") or "")
+    if not mod.get("path") or not (path / "config.json").is_file() or model_sha256(path) != mod["sha256"]:
+        return None
+    return content_sha256(path)
+
+
+# ---- export -------------------------------------------------------------------------------
+
+
+def _run_predictions(run_dir: Path, probe: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per split: (p_correct of ``probe``, correctness) of the run's items."""
+    items_path = _need(run_dir / "items.parquet", "not a finished run; make one with `vrp run`")
+    preds_path = _need(run_dir / "probes" / "predictions.parquet", f"run `vrp probe --run {run_dir}` first")
+    preds = pq.read_table(preds_path).to_pandas().set_index("id")
+    if probe not in preds:
+        raise MonitorError(f"{preds_path} has no column {probe!r}; run `vrp probe --run {run_dir}` again")
+    correct = pq.read_table(items_path, columns=["id", "correct"]).to_pandas().set_index("id")["correct"]
+    missing = preds.index.difference(correct.index)
+    if len(missing):
+        raise MonitorError(f"{preds_path} names items that {items_path} lacks (e.g. {missing[0]!r})")
+    out = {}
+    for split in ("val", "test"):
+        sel = preds[preds["split"] == split]
+        out[split] = (sel[probe].to_numpy(np.float64), correct.loc[sel.index].to_numpy().astype(np.int64))
+    return out
+
+
+def _auroc(p: np.ndarray, y: np.ndarray) -> dict:
+    from vrp.stats.auroc import auroc_ci
+
+    a = auroc_ci(p, y, n_boot=10_000, n_perm=0, seed=0)
+    return {"n": int(p.size), "auroc": a.auroc, "ci95": [a.ci_low, a.ci_high], "undefined": a.undefined}
+
+
+def _chosen_probe(run_dir: Path, probe: str) -> tuple[dict, dict[str, np.ndarray], str]:
+    """(summary entry, the chosen layer's arrays, penalty) of ``probe`` in a probed run."""
+    from vrp.probes.io import load_probe
+    from vrp.probes.linear import LayerwiseLogistic
+
+    again = f"run `vrp probe --run {run_dir}` first"
+    summary_path = _need(run_dir / "probes" / "summary.json", again)
+    entry = _load_json(summary_path).get("probes", {}).get(probe)
+    if not isinstance(entry, dict) or not {"layer_index", "residual_layer"} <= set(entry):
+        raise MonitorError(f"{summary_path} has no chosen layer for {probe!r}; {again}")
+    probe_dir = _need(run_dir / "probes" / probe / "probe.json", again).parent
+    try:
+        model = load_probe(probe_dir)
+    except (OSError, ValueError, KeyError) as e:
+        raise MonitorError(f"cannot load the probe in {probe_dir}: {e}") from None
+    if not isinstance(model, LayerwiseLogistic):
+        raise MonitorError(f"{probe_dir} holds a {type(model).__name__}, not a per-layer logistic probe")
+    k = int(entry["layer_index"])
+    arrays = {"coef": model.coef_[k], "mean": model.mean_[k], "scale": model.scale_[k]}
+    arrays["intercept"] = np.asarray([model.intercept_[k]])
+    return entry, arrays, model.penalty
+
+
+def export_monitor(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    probe: str = "probe_dense",
+    target_risk: float | None = None,
+    target_coverage: float | None = None,
+) -> dict:
+    """Package the chosen probe of a probed run as a monitor directory; returns monitor.json's content.
+
+    Args:
+        run_dir: a run directory on which ``vrp probe`` has run.
+        out_dir: the monitor directory to write (created; its two files replaced).
+        probe: ``probe_dense`` (L2, default) or ``probe_sparse`` (L1).
+        target_risk: abstention threshold for this validation risk (default 0.1 when
+            neither target is given).
+        target_coverage: abstention threshold for this validation coverage instead.
+
+    Raises:
+        MonitorError: the run, its manifest or its probes are missing or inconsistent, or the
+            target cannot be met.
+    """
+    import vrp
+
+    if probe not in PROBES:
+        raise MonitorError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
+    if target_risk is None and target_coverage is None:
+        target_risk = 0.1
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MonitorError(f"run directory {run_dir} does not exist")
+    manifest = _load_json(_need(run_dir / "manifest.json", "not a run directory written by `vrp run`"))
+    cfg, mod = manifest.get("config", {}), manifest.get("model", {})
+    if not mod.get("sha256") or not mod.get("model_type"):
+        raise MonitorError(f"{run_dir / 'manifest.json'} records no model identity (model.sha256, model.model_type)")
+    entry, arrays, penalty = _chosen_probe(run_dir, probe)
+    splits = _run_predictions(run_dir, probe)
+    threshold, grid = thresholds(splits, target_risk, target_coverage)
+    doc = {
+        "vrp_version": vrp.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "run_dir": str(run_dir.resolve()),
+            "probe": probe,
+            "data": manifest.get("data"),
+            "data_sha256": manifest.get("identity", {}).get("data_sha256"),
+        },
+        "model": {
+            "name": cfg.get("model", mod.get("path")),
+            "path": mod.get("path"),
+            "model_type": mod["model_type"],
+            "sha256": mod["sha256"],
+            "identity": "sha256 of config.json and the weight files' names and sizes (vrp.runs.rundir.model_identity)",
+            "content_sha256": _content_hash(mod),
+            "d_model": int(arrays["coef"].shape[0]),
+            "n_layers": int(_shard_meta(run_dir)["n_layers"]),
+            "dtype": cfg.get("dtype", "float32"),
+        },
+        "generation": {
+            "do_sample": False,
+            "max_new_tokens": int(cfg.get("max_new_tokens", 10)),
+            "batch_size": int(cfg.get("batch_size", 16)),
+            "prompt": f"the {mod['model_type']} adapter's prompt(question)",
+        },
+        "probe": {
+            "kind": "logistic",
+            "penalty": penalty,
+            "C": float(entry.get("C", np.nan)),
+            "layer_index": int(entry["layer_index"]),
+            "residual_layer": int(entry["residual_layer"]),
+            "residual_layer_meaning": RESIDUAL_MEANING,
+            "position": "decision",
+            "position_meaning": POSITION_MEANING,
+            "input_dtype": "float16",  # the run stores residuals as float16: the probe saw them rounded
+            "formula": "p = sigmoid(((float32(float16(h)) - mean) / scale) . coef + intercept)",
+        },
+        "metrics": {split: _auroc(p, y) for split, (p, y) in splits.items()},
+        "threshold": threshold,
+        "operating_points": grid,
+    }
+    doc = _json_safe(doc)  # strict JSON: NaN -> null
+    write_monitor(Path(out_dir), arrays, doc)
+    return doc
