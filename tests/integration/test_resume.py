@@ -161,3 +161,21 @@ def test_a_changed_setup_is_refused_unless_forced(random_toy_dirs, reference, tm
     assert res.exit_code == 0, res.output
     assert json.loads((out / "manifest.json").read_text())["config"]["samples"] == 4
     assert len(pq.read_table(out / "items.parquet")) == 2
+
+
+def test_a_different_checkpoint_of_the_same_architecture_is_refused(random_toy_dirs, tmp_path):
+    """Same config.json and file sizes, different weights: the content hash tells them apart."""
+    from typer.testing import CliRunner
+
+    from vrp.cli import app
+    from vrp.world.toy import build_toy
+
+    model = tmp_path / "model"
+    shutil.copytree(random_toy_dirs["llava"], model)
+    out = tmp_path / "run"
+    args = ["run", "--answer-only", "--model", str(model), "--out", str(out), *ARGS, "--limit", "2"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    other, _ = build_toy("llava", seed=7)
+    other.save_pretrained(model)  # a different checkpoint, byte sizes unchanged
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "the model's weights differ" in res.output, res.output

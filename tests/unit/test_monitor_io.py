@@ -174,14 +174,14 @@ def test_unreachable_risk_is_a_clear_error():
 
 
 def test_content_hash_sees_weights_that_the_run_identity_misses(tmp_path):
-    from vrp.monitor import identity
+    from vrp.runs import rundir
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d, fill in ((a, 1), (b, 2)):
         d.mkdir()
         (d / "config.json").write_text('{"model_type": "llava"}')
-        big = bytearray(identity.WHOLE + 5 * identity.SLICE + 123)  # sampled, not hashed whole
-        big[len(big) // 2 : len(big) // 2 + identity.SLICE * 4] = bytes([fill]) * (identity.SLICE * 4)
+        big = bytearray(rundir._WHOLE + 5 * rundir._SLICE + 123)  # sampled, not hashed whole
+        big[len(big) // 2 : len(big) // 2 + rundir._SLICE * 4] = bytes([fill]) * (rundir._SLICE * 4)
         (d / "model.safetensors").write_bytes(bytes(big))
     assert model_sha256(a) == model_sha256(b)  # same config, names and sizes
     assert content_sha256(a) != content_sha256(b)

@@ -77,7 +77,7 @@ def _identity(cfg: RunConfig, items: list[Item], model_path: Path) -> dict:
     return {
         "config": comparable,
         "data_sha256": fingerprint(records),
-        "model_sha256": model_identity(model_path)["sha256"],
+        **{f"model_{k}": v for k, v in model_identity(model_path).items() if k in ("sha256", "content_sha256")},
     }
 
 
@@ -95,6 +95,8 @@ def _check_resumable(run_dir: Path, identity: dict) -> None:
         diffs.append("the items (data fingerprint) differ")
     if old.get("model_sha256") != identity["model_sha256"]:
         diffs.append("the model's config or weight files differ")
+    elif old.get("model_content_sha256") != identity.get("model_content_sha256"):
+        diffs.append("the model's weights differ (same config and file sizes, different bytes)")
     raise RunExistsError(
         f"{run_dir} holds a run made with a different setup ({'; '.join(diffs)}); "
         "resume it with the same options, choose another --out, or use --force to overwrite it"
