@@ -52,6 +52,7 @@ def test_probes_are_saved_split_by_image_and_reload_identically(analyzed):
     np.testing.assert_allclose(mlp.predict_proba(data["X"][:, layer]), preds["probe_mlp"].to_numpy(), rtol=1e-6)
     # chosen on validation: the reported layer is the validation argmax
     val = summary["probes"]["probe_dense"]["val_auroc_by_layer"]
+    val = np.asarray(val, dtype=float)  # null (undefined) -> NaN
     assert layer == int(np.nanargmax(val)) and np.isnan(val[0])  # the embedding layer is the same for every item
 
 
@@ -89,3 +90,19 @@ def test_layer_curves(analyzed):
     # scores are constant and its AUROC is undefined (NaN), never a fake 0.5
     assert np.isnan(lt["probe_dense_test_auroc"].iloc[0])
     assert lt["probe_dense_test_auroc"].iloc[1:].between(0, 1).all()
+
+
+def test_json_files_are_strict(analyzed):
+    """Undefined numbers are null, never a bare NaN that strict JSON parsers reject."""
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    for path in [
+        analyzed / "manifest.json",
+        analyzed / "probes" / "summary.json",
+        analyzed / "analysis" / "summary.json",
+    ]:
+        json.loads(path.read_text(), parse_constant=refuse)
+    val = json.loads((analyzed / "probes" / "summary.json").read_text())["probes"]["probe_dense"]["val_auroc_by_layer"]
+    assert val[0] is None  # the embedding layer: undefined

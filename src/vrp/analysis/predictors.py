@@ -164,15 +164,5 @@ def analyze(run_dir: Path, cfg: AnalyzeConfig | None = None) -> dict:
     write_table(out / "predictors.parquet", table)
     write_table(out / "layers.parquet", layers)
     summary = {"config": cfg.__dict__, "predictors": table.to_pylist(), "n_layers": layers.num_rows}
-    atomic_write_json(out / "summary.json", _json_safe(summary))
+    atomic_write_json(out / "summary.json", summary)
     return summary
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    return obj

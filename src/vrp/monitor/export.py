@@ -13,7 +13,6 @@ The threshold rule is in :mod:`vrp.monitor.thresholds`.
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 
 from vrp.monitor.files import MonitorError, write_monitor
 from vrp.monitor.thresholds import thresholds
+from vrp.runs.rundir import json_safe
 
 PROBES = ("probe_dense", "probe_sparse")
 RESIDUAL_MEANING = "0 = embedding output (input of decoder block 0); i >= 1 = output of decoder block i - 1"
@@ -54,18 +54,6 @@ def _shard_meta(run_dir: Path) -> dict:
         raise MonitorError(f"{run_dir} has no committed shards; the run is incomplete")
     with safe_open(str(shards[0].with_suffix(".safetensors")), framework="np") as f:
         return json.loads(f.metadata()["meta"])
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _content_hash(mod: dict) -> str | None:
@@ -208,6 +196,6 @@ def export_monitor(
         "threshold": threshold,
         "operating_points": grid,
     }
-    doc = _json_safe(doc)  # strict JSON: NaN -> null
+    doc = json_safe(doc)  # strict JSON: NaN -> null
     write_monitor(Path(out_dir), arrays, doc)
     return doc

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -47,8 +49,23 @@ def items_schema() -> pa.Schema:
     return pa.schema(list(ITEMS_SCHEMA) + [pa.field(n, pa.float64()) for n in NAMES])
 
 
+def json_safe(obj: object) -> object:
+    """``obj`` as plain JSON values: non-finite floats (NaN, inf) as None (null), numpy scalars as Python ones."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def atomic_write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), fsync=True)
+    """Strict JSON (undefined numbers as null, never a bare NaN), written atomically."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode(), fsync=True)
 
 
 def write_table(path: Path, table: pa.Table) -> None:
