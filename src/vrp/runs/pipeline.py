@@ -95,7 +95,9 @@ def _check_resumable(run_dir: Path, identity: dict) -> None:
         diffs.append("the items (data fingerprint) differ")
     if old.get("model_sha256") != identity["model_sha256"]:
         diffs.append("the model's config or weight files differ")
-    elif old.get("model_content_sha256") != identity.get("model_content_sha256"):
+    elif "model_content_sha256" not in old:
+        diffs.append("the run was made by an older vrp, without the hash of the weights' bytes")
+    elif old["model_content_sha256"] != identity.get("model_content_sha256"):
         diffs.append("the model's weights differ (same config and file sizes, different bytes)")
     raise RunExistsError(
         f"{run_dir} holds a run made with a different setup ({'; '.join(diffs)}); "
