@@ -61,7 +61,7 @@ def _patching_block(p: pd.DataFrame) -> str:
             for site, s in ((site, s.sort_values("layer")) for site, s in g.groupby("site", sort=True))
         ]  # fmt: skip
         n = int(g["n"].max())
-        png = F.recovery_plot(series, f"{exp}: {corruption} (n = {n})")
+        png = F.recovery_plot(series, f"{exp}: one site restored at a time (n = {n})")  # corruption: in the caption
         rows = [[esc(r["site"]), str(int(r["layer"])), str(int(r["n"])), with_ci(r["recovered"], r["ci_low"],
                  r["ci_high"])] for _, r in g.sort_values(["site", "layer"]).iterrows()]  # fmt: skip
         out.append(
