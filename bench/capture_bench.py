@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", default="toy-llava,toy-paligemma,toy-qwen2vl,long-llava,long-paligemma,long-qwen2vl")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vrp-bench-"))
