@@ -57,13 +57,17 @@ def _shard_meta(run_dir: Path) -> dict:
 
 
 def _content_hash(mod: dict) -> str | None:
-    """The sampled content hash of the run's model folder, if it is still there and unchanged."""
-    from vrp.monitor.identity import content_sha256, model_sha256
+    """The sampled content hash of the run's model: as the run recorded it, or (a run made before
+    runs recorded it) hashed from the model folder if it is still there and unchanged."""
+    from vrp.runs.rundir import model_identity
 
+    if mod.get("content_sha256"):
+        return mod["content_sha256"]
     path = Path(mod.get("path") or "")
-    if not mod.get("path") or not (path / "config.json").is_file() or model_sha256(path) != mod["sha256"]:
+    if not mod.get("path") or not (path / "config.json").is_file():
         return None
-    return content_sha256(path)
+    ident = model_identity(path)
+    return ident["content_sha256"] if ident["sha256"] == mod["sha256"] else None
 
 
 # ---- export -------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ class Monitor:
         return self
 
     def _identity_problem(self, adapter) -> str | None:
-        from vrp.monitor.identity import content_sha256, model_sha256
+        from vrp.runs.rundir import model_identity
 
         want = self.info["model"]
         path = Path(adapter.path) if adapter.path else None
@@ -180,13 +180,14 @@ class Monitor:
                 f"cannot verify the model's identity: it was not loaded from a local model folder "
                 f"(name_or_path {adapter.path!r}); the monitor expects model sha256 {want['sha256']}"
             )
-        got = model_sha256(path)
+        ident = model_identity(path)  # both hashes in one read of the folder
+        got = ident["sha256"]
         if got != want["sha256"]:
             return (
                 f"model identity mismatch: the monitor was trained on model sha256 {want['sha256']} "
                 f"({want.get('name')}), the model in {path} has sha256 {got}"
             )
-        if want.get("content_sha256") and (got := content_sha256(path)) != want["content_sha256"]:
+        if want.get("content_sha256") and (got := ident["content_sha256"]) != want["content_sha256"]:
             return (
                 f"model weights mismatch: the model in {path} has the run's config and file sizes but other "
                 f"weights (content sha256 {got}, the monitor expects {want['content_sha256']})"
@@ -257,9 +258,7 @@ class Monitor:
     def _answer(self, images: list, questions: list[str]) -> list[Answer]:
         ad = self.adapter
         model, tok = ad.model, ad.tokenizer
-        enc = ad.encode(images, [ad.prompt(q) for q in questions], padding_side="left")
-        if model.device.type != "cpu":
-            enc = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in enc.items()}
+        enc = ad.model_inputs(images, [ad.prompt(q) for q in questions])
         tap = _PrefillTap(self._layers, self.residual_layer)
         try:
             with torch.no_grad():

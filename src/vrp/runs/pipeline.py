@@ -64,7 +64,9 @@ def batches(n_items: int, batch_size: int) -> list[tuple[int, int]]:
 # ---- the run directory's identity -------------------------------------------------------
 
 
-def _identity(cfg: RunConfig, items: list[Item], model_path: Path) -> dict:
+def _identity(cfg: RunConfig, items: list[Item], model: dict) -> dict:
+    """What makes two runs the same run: config (minus operational fields), data fingerprint,
+    and ``model`` = :func:`model_identity` of the model folder."""
     comparable = {k: v for k, v in cfg.to_dict().items() if k not in RunConfig.OPERATIONAL}
     run_dir = Path(cfg.out).resolve()
     records = []
@@ -77,7 +79,8 @@ def _identity(cfg: RunConfig, items: list[Item], model_path: Path) -> dict:
     return {
         "config": comparable,
         "data_sha256": fingerprint(records),
-        **{f"model_{k}": v for k, v in model_identity(model_path).items() if k in ("sha256", "content_sha256")},
+        "model_sha256": model["sha256"],
+        "model_content_sha256": model["content_sha256"],
     }
 
 
@@ -179,7 +182,8 @@ def run(cfg: RunConfig, force: bool = False, on_progress: Progress | None = None
     adapter_for(model_type)  # a bad or unsupported model fails here, before any work
     loaded, provenance = load_data(cfg.data, run_dir, cfg.seed, cfg.world_images)
     items = loaded.items[: cfg.limit] if cfg.limit else loaded.items
-    identity = _identity(cfg, items, model_path)
+    model_id = model_identity(model_path)  # reads the weights' sampled bytes: once per run
+    identity = _identity(cfg, items, model_id)
     resuming = (run_dir / "manifest.json").exists()
     if resuming:
         _check_resumable(run_dir, identity)
@@ -193,7 +197,7 @@ def run(cfg: RunConfig, force: bool = False, on_progress: Progress | None = None
         manifest = {
             "status": "running", "identity": identity, "config": cfg.to_dict(), "data": provenance,
             "versions": versions(), "seed": cfg.seed, "started": started,
-            "model": {"name": cfg.model, "model_type": model_type, **model_identity(model_path)},
+            "model": {"name": cfg.model, "model_type": model_type, **model_id},
             "counts": {"items_loaded": len(loaded.items), "items": len(items), "batches": len(spans)},
         }  # fmt: skip
         atomic_write_json(run_dir / "manifest.json", manifest)
