@@ -154,8 +154,7 @@ def capture_generate(
     keep = list(range(len(layers))) if cfg.layers is None else sorted(cfg.layers)
     if keep and not 0 <= keep[0] <= keep[-1] < len(layers):
         raise ValueError(f"capture layers must be in [0, {len(layers) - 1}], got {cfg.layers}")
-    enc = adapter.encode(images, prompts, padding_side="left")
-    enc = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in enc.items()}
+    enc = adapter.model_inputs(images, prompts)
     grids = adapter.image_grids(enc)
     taps = _Taps(layers, keep, cfg.residuals, cfg.writes, _DTYPES[cfg.dtype])
     recorder = AttentionRecorder(set(keep))

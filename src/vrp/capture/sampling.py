@@ -174,8 +174,7 @@ def sample_answers(
         return []
     model, tok = adapter.model, adapter.tokenizer
     if prefix is None:
-        enc = adapter.encode(images, prompts, padding_side="left")
-        enc = {key: v.to(model.device) if hasattr(v, "to") else v for key, v in enc.items()}
+        enc = adapter.model_inputs(images, prompts)
         expand = {"num_return_sequences": k}
     else:
         if prefix.input_ids.shape[0] != len(prompts):

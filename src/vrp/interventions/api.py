@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vrp.config import RunConfig
+from vrp.data.items import Item
 from vrp.interventions import experiments as ex
 from vrp.interventions.clean import CleanPass, clean_pass
 from vrp.interventions.config import InterveneConfig
@@ -22,9 +24,9 @@ from vrp.stats.effects import paired_mean_diff, recovered_fraction
 log = logging.getLogger(__name__)
 
 
-def run_items(run_dir: Path, limit: int | None) -> tuple[dict, list]:
-    """The run's manifest and the items it answered, in run order (re-read from its data source)."""
-    from vrp.config import RunConfig
+def run_items(run_dir: Path, limit: int | None) -> tuple[dict, RunConfig, list[Item], dict[str, bool]]:
+    """The run's manifest and config, the items it answered in run order (re-read from its data
+    source), and the run's correctness label of each answered item by id."""
     from vrp.data.sources import load_data
 
     manifest_path = run_dir / "manifest.json"
@@ -39,8 +41,8 @@ def run_items(run_dir: Path, limit: int | None) -> tuple[dict, list]:
     if missing:
         raise ValueError(f"{len(missing)} answered items of {run_dir} are no longer in its data ({missing[:3]} ...)")
     items = [by_id[i] for i in answered["id"]]
-    manifest["_run_correct"] = dict(zip(answered["id"], answered["correct"], strict=True))
-    return manifest, items[:limit] if limit else items
+    run_correct = dict(zip(answered["id"], answered["correct"], strict=True))
+    return manifest, cfg, items[:limit] if limit else items, run_correct
 
 
 def effect_rows(cfg: InterveneConfig, cond: Condition, clean: Answers, got: Answers, tasks: list[str]) -> list[dict]:
@@ -94,12 +96,10 @@ def intervene(
     """
     import torch
 
-    from vrp.config import RunConfig
     from vrp.models import load_adapter
 
     run_dir = Path(run_dir)
-    manifest, items = run_items(run_dir, cfg.limit)
-    rcfg = RunConfig.from_dict(manifest["config"])
+    manifest, rcfg, items, run_correct = run_items(run_dir, cfg.limit)
     adapter = load_adapter(rcfg.model, dtype=getattr(torch, rcfg.dtype), device=rcfg.device)
     n, ids, tasks = len(items), [it.id for it in items], [it.task for it in items]
     out_dir = run_dir / "interventions"
@@ -119,7 +119,6 @@ def intervene(
                        map_layer=cfg.map_layer if needs_map else None, aggregation=cfg.aggregation,
                        unit_stats=cfg.mode == "clamp" and cfg.kind in ("neurons", "mass"),
                        tick=tick_for("clean pass", n))  # fmt: skip
-    run_correct = manifest["_run_correct"]
     agree = float(np.mean([run_correct[i] == c for i, c in zip(ids, clean.answers.correct, strict=True)]))
     if agree < 1.0:
         log.warning("the clean pass agrees with the run's correctness labels on %.1f%% of items", 100 * agree)
@@ -134,13 +133,13 @@ def intervene(
         for cond in conds:
             key = condition_key(cfg, cond, manifest["identity"])
             path = exp_dir / f"{slug(cond.label)}.parquet"
+            tick = tick_for(cond.label, n * len(conds))
             got = cached_answers(path, key, n)
             if got is None:
-                got = answer(adapter, items, cond, rcfg.max_new_tokens, cfg.batch_size,
-                             tick=tick_for(cond.label, n * len(conds)))  # fmt: skip
+                got = answer(adapter, items, cond, rcfg.max_new_tokens, cfg.batch_size, tick=tick)
                 save_answers(path, key, cond.label, got)
-            elif progress:
-                tick_for(cond.label, n * len(conds))(n)
+            else:
+                tick(n)
             rows += effect_rows(cfg, cond, clean.answers, got, tasks)
             entry["conditions"].append({"label": cond.label, "layer": cond.layer, "control": cond.control,
                                         "file": str(path.relative_to(run_dir))})  # fmt: skip

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vrp.data.items import Item
-from vrp.data.scoring import is_correct, score_generic
-from vrp.interventions.runner import Answers, decode, iter_batches, margin_of
+from vrp.interventions.runner import Answers, iter_batches, score
 from vrp.signals import structural
 
 
@@ -68,7 +67,6 @@ def clean_pass(
 ) -> CleanPass:
     """Answer ``items`` without intervention and keep the baseline quantities (see :class:`CleanPass`)."""
     from vrp.capture.engine import CaptureConfig, capture_generate
-    from vrp.capture.lens import reference_ids
 
     n_layers = len(adapter.decoder_layers())
     if map_layer is not None and not -n_layers <= map_layer < n_layers:
@@ -85,10 +83,10 @@ def clean_pass(
     for batch in iter_batches(adapter, items, batch_size):
         caps = capture_generate(adapter, batch.images, batch.prompts, cfg)
         for it, cap in zip(batch.items, caps, strict=True):
-            text = decode(adapter, cap)
+            text, ok, m = score(adapter, it, cap)
             texts.append(text)
-            correct.append(is_correct(score_generic(it.task, text, it.answers)))
-            margin.append(margin_of(cap.logprobs[0], reference_ids(tok, it.answers)))
+            correct.append(ok)
+            margin.append(m)
             g = cap.grids[0]
             grids.append((g.rows, g.cols))
             if layer is not None:

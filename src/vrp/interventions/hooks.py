@@ -50,6 +50,24 @@ def _hooked(module, hook) -> Iterator[None]:
 
 
 @contextmanager
+def _input_edited(module, name: str, edit) -> Iterator[None]:
+    """A forward pre-hook that replaces the module's first input (positional, or keyword
+    ``name``) by ``edit(x)``; ``edit`` returning None leaves the call unchanged."""
+
+    def pre(mod, args, kwargs):
+        new = edit(args[0] if args else kwargs[name])
+        if new is None:
+            return None
+        return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, name: new})
+
+    handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
 def ablate_units(
     adapter, layer: int, units: Sequence[int], site: str = "residual", values: float | Sequence[float] = 0.0
 ) -> Iterator[None]:
@@ -124,17 +142,14 @@ def ablate_heads(adapter, layer: int, heads: Sequence[int]) -> Iterator[None]:
         raise ValueError(f"heads {bad} out of range: block {layer} has {n_heads} heads")
     hd = head_dim(adapter)
 
-    def pre(mod, args, kwargs):
-        x = (args[0] if args else kwargs["input"]).clone()
+    def zero_heads(x):
+        x = x.clone()
         for h in heads:
             x[..., h * hd : (h + 1) * hd] = 0
-        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "input": x})
+        return x
 
-    handle = o_proj.register_forward_pre_hook(pre, with_kwargs=True)
-    try:
+    with _input_edited(o_proj, "input", zero_heads):
         yield
-    finally:
-        handle.remove()
 
 
 @contextmanager
@@ -148,8 +163,7 @@ def mask_image_tokens(adapter, positions: Sequence[Sequence[int]], pools: Sequen
     """
     first = adapter.decoder_layers()[0]
 
-    def pre(mod, args, kwargs):
-        x = args[0] if args else kwargs["hidden_states"]
+    def mask(x):
         if x.shape[1] == 1:  # a decode step: the image is in the cache already
             return None
         x = x.clone()
@@ -157,13 +171,10 @@ def mask_image_tokens(adapter, positions: Sequence[Sequence[int]], pools: Sequen
             if len(pos):
                 mean = x[b, torch.as_tensor(list(pool), device=x.device)].mean(0)
                 x[b, torch.as_tensor(list(pos), device=x.device)] = mean
-        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+        return x
 
-    handle = first.register_forward_pre_hook(pre, with_kwargs=True)
-    try:
+    with _input_edited(first, "hidden_states", mask):
         yield
-    finally:
-        handle.remove()
 
 
 class Recorder:

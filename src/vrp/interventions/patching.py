@@ -25,11 +25,6 @@ def _margins(adapter, enc: dict, refs: list[list[int]]) -> tuple[np.ndarray, tor
     return np.array([margin_of(lp[b], refs[b]) for b in range(lp.shape[0])]), logits
 
 
-def _encode(adapter, images: list, prompts: list[str]) -> dict:
-    enc = adapter.encode(images, prompts, padding_side="left")
-    return {k: v.to(adapter.model.device) if hasattr(v, "to") else v for k, v in enc.items()}
-
-
 def patch_margins(
     adapter,
     items: list,
@@ -51,8 +46,8 @@ def patch_margins(
     clean_m, corrupt_m, patched = [], [], {s: [] for s in sites}
     for batch in iter_batches(adapter, items, batch_size):
         refs = [reference_ids(adapter.tokenizer, it.answers) for it in batch.items]
-        enc_c = _encode(adapter, batch.images, batch.prompts)
-        enc_x = _encode(adapter, corrupt(batch), batch.prompts)
+        enc_c = adapter.model_inputs(batch.images, batch.prompts)
+        enc_x = adapter.model_inputs(corrupt(batch), batch.prompts)
         if not torch.equal(enc_c["input_ids"], enc_x["input_ids"]):
             raise ValueError(
                 "the corrupted images change the prompt's tokens; activation patching needs the same layout"

@@ -99,15 +99,19 @@ def iter_batches(adapter, items: list[Item], batch_size: int) -> Iterator[Batch]
                     [adapter.prompt(it.question) for it in its], adapter)  # fmt: skip
 
 
-def decode(adapter, cap) -> str:
-    return decode_answer(adapter.tokenizer, cap.answer_ids)
+def score(adapter, item: Item, cap) -> tuple[str, bool, float]:
+    """One captured answer -> (text, correct, truth margin at the first answer step)."""
+    from vrp.capture.lens import reference_ids
+
+    text = decode_answer(adapter.tokenizer, cap.answer_ids)
+    margin = margin_of(cap.logprobs[0], reference_ids(adapter.tokenizer, item.answers))
+    return text, is_correct(score_generic(item.task, text, item.answers)), margin
 
 
 def answer(adapter, items: list[Item], cond: Condition, max_new_tokens: int, batch_size: int,
            tick: Callable[[int], None] | None = None) -> Answers:  # fmt: skip
     """Greedy answers of ``items`` under ``cond`` (the capture engine's generate, nothing recorded)."""
     from vrp.capture.engine import CaptureConfig, capture_generate
-    from vrp.capture.lens import reference_ids
 
     cfg = CaptureConfig(attention=False, residuals=False, writes=False, max_new_tokens=max_new_tokens)
     texts, correct, margin = [], [], []
@@ -116,10 +120,10 @@ def answer(adapter, items: list[Item], cond: Condition, max_new_tokens: int, bat
         with cond.context(batch):
             caps = capture_generate(adapter, images, batch.prompts, cfg)
         for it, cap in zip(batch.items, caps, strict=True):
-            text = decode(adapter, cap)
+            text, ok, m = score(adapter, it, cap)
             texts.append(text)
-            correct.append(is_correct(score_generic(it.task, text, it.answers)))
-            margin.append(margin_of(cap.logprobs[0], reference_ids(adapter.tokenizer, it.answers)))
+            correct.append(ok)
+            margin.append(m)
         if tick:
             tick(len(batch.items))
     return Answers([it.id for it in items], texts, np.asarray(correct, bool), np.asarray(margin, np.float64))

@@ -273,6 +273,11 @@ class ModelAdapter:
         self.tokenizer.padding_side = padding_side
         return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True))
 
+    def model_inputs(self, images: list, prompts: list[str]) -> dict:
+        """:meth:`encode` left-padded (for generation), tensors moved to the model's device."""
+        enc = self.encode(images, prompts, padding_side="left")
+        return {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in enc.items()}
+
 
 def _size_field(size: Any, key: str) -> int | None:
     """A field of an image processor's size object (a dict in older processors)."""

@@ -104,11 +104,11 @@ def band_plot(
     title: str,
     xlabel: str,
     ylabel: str,
-    hline: float | None = None,
+    hline: float | Sequence[float] | None = None,
     ylim=None,
     mark_x: float | None = None,
 ) -> bytes:
-    """Curves over layers, each with its shaded CI band; a dashed reference line at ``hline``."""
+    """Curves over layers, each with its shaded CI band; dashed reference lines at ``hline`` (one or several)."""
     fig = _figure(5.6, 3.3)
     ax = fig.add_subplot()
     x = np.asarray(x, dtype=float)
@@ -116,8 +116,8 @@ def band_plot(
         (line,) = ax.plot(x, b.mean, b.style, color=b.color, label=b.label, marker="o", markersize=3.5, linewidth=1.6)
         if b.lo is not None and b.hi is not None:
             ax.fill_between(x, b.lo, b.hi, color=line.get_color(), alpha=0.18, linewidth=0)
-    if hline is not None:
-        ax.axhline(hline, color="#777777", linestyle="--", linewidth=1)
+    for y in () if hline is None else np.atleast_1d(hline):
+        ax.axhline(y, color="#777777", linestyle="--", linewidth=1)
     if mark_x is not None:
         ax.axvline(mark_x, color="#999999", linestyle=":", linewidth=1.2)
     if ylim is not None:
@@ -233,16 +233,12 @@ class Recovery:
 
 def recovery_plot(series: Sequence[Recovery], title: str) -> bytes:
     """Fraction of the truth margin recovered by restoring each layer's site (1 = fully restored)."""
-    bands = [Band(s.site, s.recovered, s.lo, s.hi) for s in series]
-    layers = sorted({int(v) for s in series for v in s.layer})
-    fig = _figure(5.6, 3.3)
-    ax = fig.add_subplot()
-    for s, b in zip(series, bands, strict=True):
-        (line,) = ax.plot(s.layer, b.mean, marker="o", markersize=3.5, label=b.label, linewidth=1.6)
-        ax.fill_between(s.layer, b.lo, b.hi, color=line.get_color(), alpha=0.18, linewidth=0)
-    for y in (0.0, 1.0):
-        ax.axhline(y, color="#777777", linestyle="--", linewidth=1)
-    ax.set_xticks(layers)
-    _style(ax, title, "layer", "fraction of margin recovered")
-    ax.legend(fontsize=8.5, frameon=False)
-    return _png(fig)
+    layers = np.unique(np.concatenate([np.zeros(0, int), *(np.asarray(s.layer, dtype=int) for s in series)]))
+
+    def on_axis(s: Recovery, values: np.ndarray) -> np.ndarray:  # NaN where a site has no row
+        out = np.full(len(layers), np.nan)
+        out[np.searchsorted(layers, np.asarray(s.layer, dtype=int))] = values
+        return out
+
+    bands = [Band(s.site, on_axis(s, s.recovered), on_axis(s, s.lo), on_axis(s, s.hi)) for s in series]
+    return band_plot(layers, bands, title, "layer", "fraction of margin recovered", hline=(0.0, 1.0))

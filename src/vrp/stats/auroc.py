@@ -167,6 +167,15 @@ def percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def bootstrap_pvalue(values: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "the statistic is 0": twice the smaller fraction of
+    resampled values on either side of 0, with the +1 correction (NaN without resamples)."""
+    if values.size == 0:
+        return NAN
+    tail = min(int(np.count_nonzero(values <= 0)), int(np.count_nonzero(values >= 0)))
+    return min(1.0, 2 * (1 + tail) / (1 + values.size))
+
+
 def permutation_pvalue(
     scores: np.ndarray, y: np.ndarray, n_perm: int, seq: np.random.SeedSequence, n_jobs: int = 1
 ) -> float:

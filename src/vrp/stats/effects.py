@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from vrp.stats._base import NAN, Result, check_level
-from vrp.stats.auroc import percentile_ci
+from vrp.stats.auroc import bootstrap_pvalue, percentile_ci
 
 _BLOCK_CELLS = 4_000_000  # resamples x items per block of multinomial counts
 
@@ -58,13 +58,6 @@ def _pairs(*arrays: ArrayLike) -> tuple[list[np.ndarray], int]:
     return [a[ok] for a in arrs], int((~ok).sum())
 
 
-def _p_two_sided(boot: np.ndarray) -> float:
-    if boot.size == 0:
-        return NAN
-    tail = min(int(np.count_nonzero(boot <= 0)), int(np.count_nonzero(boot >= 0)))
-    return min(1.0, 2 * (1 + tail) / (1 + boot.size))
-
-
 def paired_mean_diff(
     before: ArrayLike, after: ArrayLike, n_boot: int = 10_000, level: float = 0.95, seed: int = 0
 ) -> EffectResult:
@@ -84,7 +77,7 @@ def paired_mean_diff(
         return EffectResult(est, NAN, NAN, NAN, n, dropped, level)
     boot = np.concatenate([c @ d / n for c in _counts(n, n_boot, seed)])
     lo, hi = percentile_ci(boot, level)
-    return EffectResult(est, lo, hi, _p_two_sided(boot), n, dropped, level)
+    return EffectResult(est, lo, hi, bootstrap_pvalue(boot), n, dropped, level)
 
 
 def recovered_fraction(
@@ -121,4 +114,4 @@ def recovered_fraction(
     boot = np.concatenate(parts)
     boot = boot[np.isfinite(boot)]
     lo, hi = percentile_ci(boot, level)
-    return EffectResult(est, lo, hi, _p_two_sided(boot), n, dropped, level)
+    return EffectResult(est, lo, hi, bootstrap_pvalue(boot), n, dropped, level)

@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike
 from scipy.stats import norm
 
 from vrp.stats._base import NAN, Prepared, Result, check_level, constant_reason, one_class_reason, prepare
-from vrp.stats.auroc import _Kernel, bootstrap_twice_u, percentile_ci
+from vrp.stats.auroc import _Kernel, bootstrap_pvalue, bootstrap_twice_u, percentile_ci
 
 _NAMES = ("a", "b")
 _ARGS = ("scores_a", "scores_b")
@@ -190,11 +190,7 @@ def paired_auroc_diff(
     d = (twice_u[ok, 0] - twice_u[ok, 1]) / (2.0 * pn[ok])  # [B used]
     lo, hi = percentile_ci(d, level)
     used = d.size
-    p_boot = (
-        min(1.0, 2 * (1 + min(int(np.count_nonzero(d <= 0)), int(np.count_nonzero(d >= 0)))) / (1 + used))
-        if used
-        else NAN
-    )
+    p_boot = bootstrap_pvalue(d)
     dl = _delong(p)
     return PairedResult(
         auc_a - auc_b,
