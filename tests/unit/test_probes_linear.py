@@ -57,9 +57,13 @@ def sklearn_fit(X, y, split, layer, penalty, C):
     return roc_auc_score(y[split.test], lr.decision_function(scaler.transform(X[split.test, layer]))), lr.coef_[0]
 
 
-@pytest.mark.parametrize(("penalty", "C"), [("l2", 0.01), ("l2", 1.0), ("l1", 0.05), ("l1", 1.0)])
-def test_matches_sklearn_oracle(data, penalty, C):
+@pytest.mark.parametrize(
+    ("penalty", "C", "newton_max"),
+    [("l2", 0.01, 128), ("l2", 1.0, 128), ("l1", 0.05, 128), ("l1", 1.0, 128), ("l1", 0.05, 0), ("l1", 1.0, 0)],
+)
+def test_matches_sklearn_oracle(data, penalty, C, newton_max, monkeypatch):
     X, y, _, split = data
+    monkeypatch.setattr(_solver, "NEWTON_MAX", newton_max)  # 0: every L1 working set through OWL-QN
     probe = LayerwiseLogistic(penalty=penalty, C=C, tol=1e-6, max_iter=2000).fit(X[split.train], y[split.train])
     assert probe.converged_.all()
     ours = auroc(probe.decision_function(X[split.test]), y[split.test])  # [L]
@@ -111,6 +115,33 @@ def test_l1_owlqn_branch_agrees_with_newton(data, monkeypatch):
     owlqn = LayerwiseLogistic(penalty="l1", C=0.3, tol=1e-6, max_iter=3000).fit(X[split.train], y[split.train])
     assert owlqn.converged_.all()
     np.testing.assert_allclose(owlqn.coef_, newton.coef_, atol=2e-3)
+
+
+@pytest.mark.parametrize("penalty", ["l2", "l1"])
+def test_a_layer_fits_the_same_alone_or_in_the_batch(penalty, monkeypatch):
+    """Layers of very different difficulty: converged layers leave the batch early; no layer's result depends on it."""
+    monkeypatch.setattr(_solver, "NEWTON_MAX", 0)
+    rng = np.random.default_rng(3)
+    n, L, d = 400, 5, 160  # d > the preconditioner's rank
+    Xs = torch.empty(L, n, d)
+    for layer in range(L):  # from nearly isotropic to strongly low-rank units
+        f = rng.standard_normal((n, 6)) @ rng.standard_normal((6, d)) * (0.5 * layer)
+        x = torch.from_numpy(f + rng.standard_normal((n, d)))
+        Xs[layer] = ((x - x.mean(0)) / x.std(0)).float()
+    y = torch.from_numpy((rng.random(n) < 1 / (1 + np.exp(-Xs[2, :, :4].sum(1).numpy()))).astype(np.float32))
+    lam = torch.tensor([[1 / (0.1 * n), 1 / (1.0 * n)]] * L, dtype=torch.float64)
+    kw = {"max_iter": 3000, "tol": 1e-6}
+    fit = (
+        (lambda X, lam: _solver.solve_l1(X, y, lam, **kw))
+        if penalty == "l1"
+        else (lambda X, lam: _solver.solve(X, y, lam, rank=0, **kw))  # plain L-BFGS: conditioning sets the pace
+    )
+    batch, it_batch, ok_batch = fit(Xs, lam)
+    assert ok_batch.all() and len(set(it_batch[:, 1].tolist())) > 1  # layers finished at different iterations
+    for layer in range(L):
+        alone, _, ok = fit(Xs[layer : layer + 1], lam[layer : layer + 1])
+        assert ok.all()
+        np.testing.assert_allclose(alone[0].numpy(), batch[layer].numpy(), atol=2e-3)
 
 
 def test_l2_preconditioner_changes_speed_not_solution():

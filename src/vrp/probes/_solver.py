@@ -15,17 +15,23 @@ it twice, for ``X @ p`` (the direction's logits, all columns at once) and for th
 safeguarded Newton search on that line, in float64, costs O(L n K). Activations are strongly
 anisotropic, which makes plain L-BFGS slow on them, so the initial inverse Hessian of the
 two-loop recursion is exact on each layer's top principal directions (a randomized
-eigen-sketch, Halko et al. 2011): a few times fewer iterations.
+eigen-sketch, Halko et al. 2011, rank 128, its products in bfloat16 where matrix units make
+that fast): a few times fewer iterations.
 
 L1, :func:`solve_l1`: working sets (glmnet's strong-rule idea; Johnson & Guestrin 2015): few units
 are non-zero, so each round gathers the non-zero units plus the worst violators of optimality into
 [L, n, M], solves there, and checks optimality over all units with one full gradient pass. The
-working-set solver is an orthant-wise Newton method (OWL-QN's orthant projection, Andrew & Gao
-2007, with the exact Hessian of the free units, Levenberg-Marquardt damped, in place of L-BFGS:
-affordable while M is a few hundred, and far fewer iterations on correlated units); beyond
-``NEWTON_MAX`` units (weak L1, dense solutions) the Hessian's n M^2 cost outweighs that, and
-OWL-QN itself runs instead. C values run from small to large, each warm-started from the
-previous solution.
+working-set solver is OWL-QN (Andrew & Gao 2007) with two changes that cut its iterations several
+times on correlated units: the same principal-direction preconditioner (on the working set), and
+the sign filter of the direction applied to the units at zero only (a unit leaves zero only
+downhill; non-zero units keep the quasi-Newton component, and the orthant projection and line
+search handle sign changes; where the filtered direction is not a descent direction, steepest
+descent in the orthant replaces it). Working sets of at most ``NEWTON_MAX`` units are solved by
+an orthant-wise Newton method instead (the exact Hessian of the free units, Levenberg-Marquardt
+damped). C values run from small to large, each warm-started from the previous solution.
+
+The L-BFGS / OWL-QN loop retires converged layers from the batch (see :func:`solve`), so a few
+slow layers do not make every iteration pay for the whole stack.
 """
 
 from __future__ import annotations
@@ -66,14 +72,21 @@ def _line_search(Z, Zp, yb, wp, pp, l2, slope_l1, active, iters: int = 12):
 
 
 def _top_eigen(Xs, rank: int, seed: int, power: int = 2):
-    """Top ``rank`` eigenpairs of each layer's covariance Xs^T Xs / n: V [L, d, rank], lam [L, rank]."""
+    """Top ``rank`` eigenpairs of each layer's covariance Xs^T Xs / n: V [L, d, rank], lam [L, rank].
+
+    The products with ``Xs`` run in bfloat16 where matrix units make that several times faster
+    (the eigenpairs only shape the preconditioner, not the solution).
+    """
     L, n, d = Xs.shape
+    dt = _hessian_dtype(Xs.device)
+    Xb = Xs.to(dt)
     gen = torch.Generator(device=Xs.device).manual_seed(seed)
     Q = torch.randn(L, d, min(rank + 10, d), generator=gen, device=Xs.device)
     for _ in range(power):  # randomized subspace iteration, 10 extra columns
-        Q = torch.linalg.qr(torch.bmm(Xs.transpose(1, 2), torch.bmm(Xs, torch.linalg.qr(Q).Q))).Q
-    XQ = torch.bmm(Xs, Q)  # [L, n, q]
-    lam, U = torch.linalg.eigh(torch.bmm(XQ.transpose(1, 2), XQ).double() / n)  # ascending
+        P = torch.bmm(Xb, torch.linalg.qr(Q).Q.to(dt))  # [L, n, q]
+        Q = torch.linalg.qr(torch.bmm(P.transpose(1, 2), Xb).transpose(1, 2).float()).Q
+    XQ = torch.bmm(Xb, Q.to(dt)).double()  # [L, n, q]
+    lam, U = torch.linalg.eigh(torch.bmm(XQ.transpose(1, 2), XQ) / n)  # ascending
     return torch.bmm(Q, U[..., -rank:].float()), lam[..., -rank:].clamp(min=0)
 
 
@@ -108,20 +121,38 @@ def initial_theta(y, L: int, K: int, d: int):
 
 
 def solve(
-    Xs, y, l2, max_iter=300, tol=1e-4, memory=10, rank=64, seed=0, callback=None, l1=None, theta0=None, mask=None
+    Xs,
+    y,
+    l2,
+    max_iter=300,
+    tol=1e-4,
+    memory=10,
+    rank=128,
+    seed=0,
+    callback=None,
+    l1=None,
+    theta0=None,
+    mask=None,
+    power=2,
 ):
     """L-BFGS on every (layer, column) at once; OWL-QN when ``l1`` is given.
+
+    Layers whose columns have all converged leave the batch once they are a quarter of it (the
+    data of the layers still running is copied once then), so a few slow layers do not make every
+    iteration pay for the whole stack.
 
     Args:
         Xs: [L, n, d] float32 design (already standardized), layer-major.
         y: [n] float32 labels in {0, 1}.
         l2: [L, K] L2 strengths.
         max_iter: iteration cap (per column).
-        tol: max |gradient| at which a column has converged.
+        tol: max |gradient| at which a column has converged: a float, or [L, K] / [L, 1].
         memory: number of L-BFGS correction pairs.
         rank: rank of the principal-direction preconditioner (0: plain L-BFGS).
         seed: seeds the randomized eigen-sketch of the preconditioner.
-        callback: called as ``callback(iteration, theta, gradient)`` before each step.
+        power: subspace iterations of that sketch.
+        callback: called as ``callback(iteration, theta, gradient)`` before each step, with the
+            layers still in the batch, and ``rows`` [L'] (their indices) as a keyword.
         l1: [L, K] L1 strengths: OWL-QN (Andrew & Gao 2007: L-BFGS on the pseudo-gradient, steps
             kept in the current orthant).
         theta0: [L, K, d+1] warm start (default: zero weights, the prior's intercept).
@@ -139,6 +170,9 @@ def solve(
     keep = None if mask is None else torch.cat([mask, mask.new_ones(L, K, 1)], -1).float()  # [L, K, d+1]
     sparse = l1 is not None
     l1 = torch.zeros_like(l2) if l1 is None else l1.to(dev, torch.float64)
+    out_theta, out_iter = torch.empty_like(theta), torch.zeros(L, K, dtype=torch.int64, device=dev)
+    out_ok = torch.zeros(L, K, dtype=torch.bool, device=dev)
+    rows = torch.arange(L, device=dev)  # the layers still in the batch
 
     def smooth_grad(th, Z):
         g = gradient(Xs, yb, th, Z, l2)
@@ -151,20 +185,16 @@ def solve(
         w = th[..., :d].double()
         return (F.softplus(Z) - yb * Z).mean(-1) + 0.5 * l2 * w.pow(2).sum(-1) + l1 * w.abs().sum(-1)
 
-    V, lam = _top_eigen(Xs, rank, seed) if 0 < rank < min(n, d) else (None, None)  # [L, d, r], [L, r]
+    V, lam = _top_eigen(Xs, rank, seed, power) if 0 < rank < min(n, d) else (None, None)  # [L, d, r], [L, r]
 
-    def perp(v):  # the part of v [L, K, d+1] outside the top principal directions
-        if V is None:
-            return v
-        out = v.clone()
-        out[..., :d] -= torch.bmm(torch.bmm(v[..., :d], V), V.transpose(1, 2))
-        return out
+    def down(v):  # coordinates [L, K, r] of v [L, K, d+1] on the top principal directions
+        return torch.bmm(v[..., :d], V)
 
     def h0(q, c):  # initial inverse Hessian: exact curvature c * lam + l2 on the top directions, gamma elsewhere
-        out = perp(q) * gamma.unsqueeze(-1)
+        out = q * gamma.unsqueeze(-1)
         if V is not None:
             inv = (1 / (c.unsqueeze(-1) * lam.unsqueeze(1) + l2.unsqueeze(-1))).float()
-            out[..., :d] += torch.bmm(torch.bmm(q[..., :d], V) * inv, V.transpose(1, 2))
+            out[..., :d] += torch.bmm(down(q) * (inv - gamma.unsqueeze(-1)), V.transpose(1, 2))
         return out
 
     Z = logits(Xs, theta)
@@ -175,13 +205,28 @@ def solve(
     gamma = (1 / (curv * (lam[:, :1] if V is not None else 1) + l2)).float()
     n_iter = torch.zeros(L, K, dtype=torch.int64, device=dev)
     done = torch.zeros(L, K, dtype=torch.bool, device=dev)
-    zero = torch.zeros_like(l2)
     for it in range(max_iter):
+        ok_now = g.abs().amax(-1) <= tol
+        done |= ok_now
+        live = ~done.all(-1)  # [L'] layers with a column still running
+        if 4 * int((~live).sum()) >= len(rows):  # retire the finished layers
+            out_theta[rows[~live]], out_iter[rows[~live]], out_ok[rows[~live]] = (
+                theta[~live],
+                n_iter[~live],
+                ok_now[~live],
+            )
+            if not bool(live.any()):
+                return out_theta, out_iter, out_ok
+            rows = rows[live]
+            Xs, l2, l1, theta, Z, g, gs, curv, gamma, n_iter, done = (
+                t[live] for t in (Xs, l2, l1, theta, Z, g, gs, curv, gamma, n_iter, done)
+            )
+            keep = None if keep is None else keep[live]
+            tol = tol[live] if torch.is_tensor(tol) and tol.dim() else tol
+            V, lam = (None, None) if V is None else (V[live], lam[live])
+            S, Y, rho = [t[live] for t in S], [t[live] for t in Y], [t[live] for t in rho]
         if callback is not None:
-            callback(it, theta, g)
-        done |= g.abs().amax(-1) <= tol
-        if bool(done.all()):
-            break
+            callback(it, theta, g, rows=rows)
         active = ~done
         n_iter += active
         q, alphas = g.clone(), []  # two-loop recursion
@@ -193,9 +238,13 @@ def solve(
         for s, yv, r, a in zip(S, Y, rho, reversed(alphas), strict=True):
             q += s * (a - r * (yv * q).sum(-1)).unsqueeze(-1)
         p = -q * active.unsqueeze(-1) if keep is None else -q * active.unsqueeze(-1) * keep
-        slope, orthant = zero, None
-        if sparse:  # keep descent components; the orthant of this step; slope of the L1 term in it
-            p[..., :d] = torch.where(p[..., :d] * g[..., :d] < 0, p[..., :d], 0)
+        slope, orthant = torch.zeros_like(l2), None
+        if sparse:  # zero units leave zero downhill only; the orthant of this step; slope of the L1 term in it
+            p[..., :d] = torch.where((p[..., :d] * g[..., :d] < 0) | (theta[..., :d] != 0), p[..., :d], 0)
+            uphill = (p * g).sum(-1) >= 0  # not a descent direction in the orthant: steepest descent instead
+            if bool((uphill & active).any()):
+                steep = -g * active.unsqueeze(-1) if keep is None else -g * active.unsqueeze(-1) * keep
+                p = torch.where(uphill.unsqueeze(-1), steep, p)
             orthant = torch.where(theta[..., :d] != 0, torch.sign(theta[..., :d]), -torch.sign(g[..., :d]))
             slope = l1 * (orthant.double() * p[..., :d].double()).sum(-1)
         Zp = logits(Xs, p)  # [L, K, n]: X p plus the intercept step
@@ -210,8 +259,10 @@ def solve(
         s, yv = new - theta, gs_new - gs
         sy = (s.double() * yv.double()).sum(-1)
         ok = (sy > 1e-12) & (t > 0)
-        s_perp, y_perp = perp(s).double(), perp(yv).double()  # gamma from the pair's components off the top
-        sy_perp, yy_perp = (s_perp * y_perp).sum(-1), (y_perp * y_perp).sum(-1)
+        sy_perp, yy_perp = sy, (yv.double() * yv.double()).sum(-1)  # gamma from the pair's parts off the top
+        if V is not None:
+            sV, yV = down(s).double(), down(yv).double()
+            sy_perp, yy_perp = sy_perp - (sV * yV).sum(-1), yy_perp - (yV * yV).sum(-1)
         gamma = torch.where(ok & (sy_perp > 0), (sy_perp / yy_perp.clamp(min=1e-30)).float(), gamma)
         curv = (torch.sigmoid(Z_new) * torch.sigmoid(-Z_new)).mean(-1)
         S.append(s * ok.unsqueeze(-1))
@@ -220,7 +271,8 @@ def solve(
         if len(S) > memory:
             del S[0], Y[0], rho[0]
         theta, Z, g, gs = new, Z_new, g_new, gs_new
-    return theta, n_iter, g.abs().amax(-1) <= tol
+    out_theta[rows], out_iter[rows], out_ok[rows] = theta, n_iter, g.abs().amax(-1) <= tol
+    return out_theta, out_iter, out_ok
 
 
 def _hessian_dtype(device) -> torch.dtype:
@@ -345,7 +397,9 @@ def _project(Xs, new, Z_new, theta, Z, p, t, pg, orthant, objective, halvings: i
 
 
 DAMP0 = 1e-6  # initial Levenberg-Marquardt damping, relative to the mean diagonal of the Newton matrix
-NEWTON_MAX = 640  # largest working set solved by Newton; OWL-QN above
+NEWTON_MAX = 128  # largest working set solved by Newton; OWL-QN above
+WS_RANK = 64  # rank of the OWL-QN preconditioner on working sets (one subspace iteration)
+GROW = 0.5  # a round may add GROW x the non-zero units (at least min_add)
 INNER = 0.5  # a round solves its working set to INNER x the violation left outside it (at least tol)
 
 
@@ -377,7 +431,7 @@ def solve_l1(Xs, y, l1, max_iter=300, tol=1e-4, max_rounds=30, min_add=32):
             if bool((violation <= tol).all()) or r == max_rounds:
                 break
             nonzero = theta[..., :d] != 0  # [L, 1, d]
-            add = torch.clamp(nonzero.sum(-1, keepdim=True), min=min_add)
+            add = torch.clamp((nonzero.sum(-1, keepdim=True) * GROW).long(), min=min_add)
             score = torch.where(nonzero, 0.0, pg[..., :d].abs())
             top = score.argsort(-1, descending=True).argsort(-1)  # rank of each unit's violation
             grow = (top < add) & (score > 0) & (violation > tol).unsqueeze(-1)
@@ -393,7 +447,16 @@ def solve_l1(Xs, y, l1, max_iter=300, tol=1e-4, max_rounds=30, min_add=32):
                 th, Z, it = _newton_l1(Xg, yb, lam, th, valid, max_iter, inner_tol)
             else:  # Newton matrices would cost n M^2: quasi-Newton instead
                 th, it, _ = solve(
-                    Xg, y, torch.zeros_like(lam), max_iter, inner_tol, rank=0, l1=lam, theta0=th, mask=valid
+                    Xg,
+                    y,
+                    torch.zeros_like(lam),
+                    max_iter,
+                    inner_tol,
+                    rank=WS_RANK,
+                    l1=lam,
+                    theta0=th,
+                    mask=valid,
+                    power=1,
                 )
                 Z = logits(Xg, th)
             n_iter[:, k : k + 1] += it
