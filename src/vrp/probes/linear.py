@@ -4,11 +4,13 @@ All layers are fitted together: the activations are laid out layer-major [L, n, 
 solvers (:mod:`vrp.probes._solver`) run every layer, and in :func:`sweep` every value of C, in one
 loop: L2 by L-BFGS preconditioned on each layer's top principal directions (all C at once, two
 reads of the activations per iteration); L1 by working sets (C ascending, warm-started) solved by
-an orthant-wise Newton method, or OWL-QN when the support grows large. The objective is
+a preconditioned OWL-QN (an orthant-wise Newton method on working sets of at most 128 units);
+converged layers leave the batch. The objective is
 scikit-learn's (``C * sum(log-loss) + penalty``, intercept unpenalized), so C means the same thing
 and ``LogisticRegression`` is the test oracle. Inputs may be float16; all arithmetic on them is
-float32 (float64 for line searches), apart from the L1 Newton matrix, which only shapes search
-directions and is bfloat16 where matrix units make that fast.
+float32 (float64 for line searches), apart from what only shapes search directions (the L1
+Newton matrix, the preconditioner's eigen-sketch), which is bfloat16 where matrix units make
+that fast.
 
 Standardization (per layer and unit, mean and population standard deviation fitted on the
 training items; constant units get scale 1, as in ``StandardScaler``) is part of the estimator,
