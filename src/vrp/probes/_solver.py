@@ -237,14 +237,14 @@ def solve(
         q = h0(q, curv)
         for s, yv, r, a in zip(S, Y, rho, reversed(alphas), strict=True):
             q += s * (a - r * (yv * q).sum(-1)).unsqueeze(-1)
-        p = -q * active.unsqueeze(-1) if keep is None else -q * active.unsqueeze(-1) * keep
+        moving = active.unsqueeze(-1) if keep is None else active.unsqueeze(-1) * keep  # [L, K, 1 or d+1]
+        p = -q * moving
         slope, orthant = torch.zeros_like(l2), None
         if sparse:  # zero units leave zero downhill only; the orthant of this step; slope of the L1 term in it
             p[..., :d] = torch.where((p[..., :d] * g[..., :d] < 0) | (theta[..., :d] != 0), p[..., :d], 0)
             uphill = (p * g).sum(-1) >= 0  # not a descent direction in the orthant: steepest descent instead
             if bool((uphill & active).any()):
-                steep = -g * active.unsqueeze(-1) if keep is None else -g * active.unsqueeze(-1) * keep
-                p = torch.where(uphill.unsqueeze(-1), steep, p)
+                p = torch.where(uphill.unsqueeze(-1), -g * moving, p)
             orthant = torch.where(theta[..., :d] != 0, torch.sign(theta[..., :d]), -torch.sign(g[..., :d]))
             slope = l1 * (orthant.double() * p[..., :d].double()).sum(-1)
         Zp = logits(Xs, p)  # [L, K, n]: X p plus the intercept step
