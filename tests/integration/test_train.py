@@ -85,12 +85,90 @@ def test_short_training_is_seeded_saves_loadable_model_and_reaches_vision_tower(
     assert any(not torch.equal(fresh.state_dict()[k], s0[k]) for k in s0)  # it actually trained
 
 
-def test_other_seed_gives_other_weights(tmp_path):
-    cfg = TrainConfig(
-        arch="qwen2vl", steps=2, batch_size=2, eval_every=2, eval_images=2, warmup=1, threads=1, position_heads=True
+def test_other_seed_gives_other_weights_with_the_recipes_options(tmp_path):
+    from vrp.world.recipes import RECIPE
+
+    cfg = replace(
+        RECIPE, arch="qwen2vl", steps=2, batch_size=8, eval_every=2, eval_images=2, warmup=1, threads=1, curriculum=0
     )
-    train(cfg, tmp_path / "a")
+    assert cfg.attn_sup_weight > 0 and cfg.position_heads and cfg.describe_positions
+    log = train(cfg, tmp_path / "a")
     train(replace(cfg, seed=1), tmp_path / "b")
     sa = load_adapter(str(tmp_path / "a")).model.state_dict()
     sb = load_adapter(str(tmp_path / "b")).model.state_dict()
     assert any(not torch.equal(sa[k], sb[k]) for k in sa)
+    assert 1.5 < log["evals"][-1]["attn_sup_loss"] < 4.0  # the supervision ran (about log 16 = 2.77 at init)
+
+
+def _spatial_batch(rng_seed: int = 0, n: int = 3):
+    """(scene, question) pairs with a spatial, an attribute and a position question."""
+    from vrp.world.questions import attribute_question, spatial_question
+    from vrp.world.scene import WorldStats, sample_scene
+    from vrp.world.train import position_question
+
+    rng = np.random.default_rng(rng_seed)
+    wcfg = WorldConfig(min_objects=3, max_objects=4)
+    wstats = WorldStats.from_config(wcfg)
+    makers = [
+        lambda s: spatial_question(s, rng),
+        lambda s: attribute_question(s, rng),
+        lambda s: position_question(s, rng),
+    ]
+    out = []
+    while len(out) < n:
+        scene = sample_scene(rng, wcfg, wstats)
+        q = makers[len(out) % 3](scene)
+        if q is not None:
+            out.append((scene, q))
+    return out, wcfg
+
+
+@pytest.mark.parametrize("arch", ["llava", "paligemma", "qwen2vl"])
+def test_attention_supervision_reads_the_models_own_attention(arch):
+    """The supervised logits, softmaxed over the image tokens, equal eager attention's
+    weights at the decision row renormalised over the image (all three RoPE variants), and
+    the loss equals the cross-entropy computed from those eager weights."""
+    from vrp.capture.attention import IMPL_NAME, recording, register
+    from vrp.capture.engine import language_attention
+    from vrp.world.train import AttentionSupervisor, object_patch_counts
+
+    torch.manual_seed(0)
+    ad = _adapter(arch)
+    for prm in ad.model.parameters():  # break the tiny init's near-uniform attention
+        prm.data.add_(torch.randn_like(prm) * 0.05)
+    ad.model.eval()
+    batch, wcfg = _spatial_batch()
+    enc, labels = encode_batch(
+        ad, [render(s, wcfg) for s, _ in batch], [q.question for _, q in batch], [q.answer for _, q in batch]
+    )
+    grids = ad.image_grids(enc)
+    counts = [object_patch_counts(s, 4) for s, _ in batch]
+    layer = 2
+    sup = AttentionSupervisor(layer, ("position", "spatial", "attribute"))
+    register()
+    with torch.no_grad(), language_attention(ad.model, IMPL_NAME), recording(sup):
+        ad.model(**enc)
+    rows, heads, dpos, toks, mass = sup.targets(batch, counts, labels, grids)
+    assert rows.tolist() == [0, 0, 1, 2] and heads.tolist() == [0, 1, 0, 0]  # spatial: two heads
+    got = torch.softmax(sup.attention_logits(rows, heads, dpos, toks), -1)
+    with torch.no_grad(), language_attention(ad.model, "eager"):
+        att = ad.model(**enc, output_attentions=True).attentions[layer]
+    want = att[rows[:, None], heads[:, None], dpos[:, None], toks].float()
+    want = want / want.sum(-1, keepdim=True)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert want.std(-1).min() > 1e-3  # attention is not uniform, so the check means something
+    loss = sup.loss(batch, counts, labels, grids)
+    assert torch.allclose(loss, -(mass * want.log()).sum(-1).mean(), atol=1e-5)
+    # the targets are each named object's pixels: the spatial question's two heads differ
+    assert not torch.equal(mass[0], mass[1]) and torch.allclose(mass.sum(-1), torch.ones(4))
+
+
+def test_object_patch_counts_agree_with_pixels():
+    from vrp.world.train import object_patch_counts
+
+    sq = Obj("square", "blue", "large", (12, 12, 36, 36), hue=240.0)
+    ci = Obj("circle", "red", "small", (0, 0, 10, 10), hue=0.0)
+    c = object_patch_counts(Scene([sq, ci], size=48), grid=4)
+    assert c.shape == (2, 16)
+    assert c[0].reshape(4, 4)[1:3, 1:3].min() > 100 and c[0].reshape(4, 4)[0].sum() == 0
+    assert c[1].reshape(4, 4)[0, 0] > 0 and c[1].sum() == c[1].reshape(4, 4)[0, 0]

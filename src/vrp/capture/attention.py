@@ -53,6 +53,12 @@ class AttentionRecorder:
     def add(self, layer_idx: int, row: torch.Tensor) -> None:
         self.rows.setdefault(layer_idx, []).append(row)
 
+    def observe(self, layer_idx: int, query, key, attention_mask, scaling: float, softcap: float | None) -> None:
+        """Called by ``vrp_capture`` for every wanted layer with its post-RoPE query and key
+        (``[batch, heads, q, head_dim]``, ``[batch, kv_heads, k, head_dim]``); records the
+        last query row's probabilities. Subclasses may keep something else."""
+        self.add(layer_idx, last_row_probs(query, key, attention_mask, scaling, softcap))
+
 
 @contextmanager
 def recording(recorder: AttentionRecorder) -> Iterator[AttentionRecorder]:
@@ -147,7 +153,7 @@ def capture_attention_forward(
     rec = _active.get()
     layer_idx = getattr(module, "layer_idx", None)
     if rec is not None and layer_idx is not None and rec.wants(layer_idx):
-        rec.add(layer_idx, last_row_probs(query, key, attention_mask, scaling, softcap))
+        rec.observe(layer_idx, query, key, attention_mask, scaling, softcap)
     return out, None
 
 

@@ -1,8 +1,11 @@
 """The training recipe that produced the shipped toy checkpoints (all three architectures).
 
 Task weights favouring existence and spatial questions, an object-count curriculum over
-the first 40% of steps, per-patch colour/shape auxiliary heads; 6,000 steps, about 13-15
-minutes on 2 CPU cores for one model alone (see README "Toy models").
+the first 40% of steps, per-patch colour/shape/row/column auxiliary heads, learned vision
+position embeddings initialised at s.d. 1.0, object quadrants in the describe captions, and
+attention supervision (decoder layer 2, heads 0/1 onto the named objects of position,
+spatial and attribute questions: what made spatial relations learnable, see
+docs/experiments/2026-11-22-toy-spatial); 6,000 steps (see README "Toy models").
 """
 
 from __future__ import annotations
@@ -12,7 +15,25 @@ from dataclasses import replace
 from vrp.world.scene import WorldConfig
 from vrp.world.train import TrainConfig
 
-RECIPE = TrainConfig(steps=6000, position_heads=False, curriculum=0.4)
+TASK_WEIGHTS = {
+    "describe": 1.0,
+    "single": 1.0,
+    "position": 1.5,
+    "existence": 2.5,
+    "counting": 1.5,
+    "spatial": 3.0,
+    "attribute": 2.0,
+}
+RECIPE = TrainConfig(
+    steps=6000,
+    curriculum=0.4,
+    task_weights=TASK_WEIGHTS,
+    position_heads=True,
+    pos_embed_std=1.0,
+    describe_positions=True,
+    attn_sup_weight=1.0,
+    attn_sup_layer=2,
+)
 RECIPES: dict[str, TrainConfig] = {arch: replace(RECIPE, arch=arch) for arch in ("llava", "paligemma", "qwen2vl")}
 WORLD = WorldConfig()
 

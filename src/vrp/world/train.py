@@ -21,16 +21,19 @@ import copy
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from vrp.capture.attention import AttentionRecorder
 from vrp.world.dataset import generate
 from vrp.world.questions import (
     POPE_STRATEGIES,
     DatasetStats,
     Question,
+    _region,
     attribute_question,
     counting_question,
     describe,
@@ -59,6 +62,11 @@ class TrainConfig:
     patch_weight: float = 1.0  # weight of the auxiliary per-patch colour/shape loss
     patch: int = 12  # pixels per image token side
     position_heads: bool = False  # also predict each token's patch row/column in the auxiliary heads
+    pos_embed_std: float = 0.0  # > 0: re-initialise the vision tower's learned position embeddings with this s.d.
+    describe_positions: bool = False  # describe captions also name each object's image quadrant
+    attn_sup_weight: float = 0.0  # > 0: supervise decoder attention onto the named object(s); see AttentionSupervisor
+    attn_sup_layer: int = 2  # the decoder layer whose heads 0 and 1 are supervised
+    attn_sup_tasks: tuple[str, ...] = ("position", "spatial", "attribute")
     curriculum: float = 0.4  # fraction of steps over which max objects rises from 2 to the world's
     task_weights: dict = field(
         default_factory=lambda: {
@@ -83,41 +91,50 @@ def position_question(scene: Scene, rng: np.random.Generator) -> Question | None
         if name is None or max(abs(dx), abs(dy)) < 6:
             continue
         ans = ("left" if dx < 0 else "right") if abs(dx) >= abs(dy) else ("top" if dy < 0 else "bottom")
-        cands.append((name, ans))
+        cands.append((name, ans, o))
     if not cands:
         return None
-    name, ans = cands[int(rng.integers(len(cands)))]
-    return Question("position", f"Where is the {name} in the image?", ans, (), {})
+    name, ans, o = cands[int(rng.integers(len(cands)))]
+    return Question("position", f"Where is the {name} in the image?", ans, (_region(name, o),), {})
 
 
-def patch_labels(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-patch (colour, shape) class of a ``grid x grid`` tiling; background = last class.
-
-    A patch takes the object covering most of its pixels, if that covers >= 25% of it.
-    """
+def object_patch_counts(scene: Scene, grid: int) -> np.ndarray:
+    """``[n_objects, grid * grid]``: visible pixels of each object in each patch of a
+    ``grid x grid`` tiling (row-major; later objects are drawn over earlier ones)."""
     from PIL import Image, ImageDraw
 
-    from vrp.world.scene import COLOURS, SHAPES, draw_shape
+    from vrp.world.scene import draw_shape
 
     idmap = Image.new("L", (scene.size, scene.size), 0)  # pixel value = object index + 1
     draw = ImageDraw.Draw(idmap)
     for k, o in enumerate(scene.objects, start=1):
         draw_shape(draw, o, k)
-    ids = np.asarray(idmap)
+    ps = scene.size // grid
+    ids = np.asarray(idmap)[: grid * ps, : grid * ps].reshape(grid, ps, grid, ps).transpose(0, 2, 1, 3)
+    patch = np.repeat(np.arange(grid * grid), ps * ps)
+    counts = np.zeros((len(scene.objects) + 1) * grid * grid, dtype=np.int64)
+    np.add.at(counts, ids.reshape(-1).astype(np.int64) * grid * grid + patch, 1)
+    return counts.reshape(-1, grid * grid)[1:]
+
+
+def patch_labels(scene: Scene, grid: int, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch (colour, shape) class of a ``grid x grid`` tiling; background = last class.
+
+    A patch takes the object covering most of its pixels, if that covers >= 25% of it.
+    ``counts`` (from :func:`object_patch_counts`) is computed when not given.
+    """
+    from vrp.world.scene import COLOURS, SHAPES
+
+    counts = object_patch_counts(scene, grid) if counts is None else counts
     ps = scene.size // grid
     colour = np.full(grid * grid, len(COLOURS), dtype=np.int64)
     shape = np.full(grid * grid, len(SHAPES), dtype=np.int64)
-    for r in range(grid):
-        for c in range(grid):
-            counts = np.bincount(
-                ids[r * ps : (r + 1) * ps, c * ps : (c + 1) * ps].ravel(), minlength=len(scene.objects) + 1
-            )
-            counts[0] = 0
-            k = int(counts.argmax())
-            if k and counts[k] >= 0.25 * ps * ps:
-                o = scene.objects[k - 1]
-                colour[r * grid + c] = COLOURS.index(o.colour)
-                shape[r * grid + c] = SHAPES.index(o.shape)
+    if len(scene.objects):
+        top = counts.argmax(0)
+        for p in np.flatnonzero(counts[top, np.arange(grid * grid)] >= 0.25 * ps * ps):
+            o = scene.objects[int(top[p])]
+            colour[p] = COLOURS.index(o.colour)
+            shape[p] = SHAPES.index(o.shape)
     return colour, shape
 
 
@@ -164,6 +181,85 @@ class PatchProbe:
         return loss
 
 
+class AttentionSupervisor(AttentionRecorder):
+    """Auxiliary attention supervision (training only).
+
+    Tiny decoders trained on answers alone fail to *bind* the object a question names: they
+    read where objects are but not which one was asked about (toy spatial relations stayed
+    at chance; docs/experiments/2026-11-22-toy-spatial). This loss points two attention
+    heads of one decoder layer at the decision position (the one that predicts the first
+    answer token) onto the named objects: for a spatial question head 0 onto the first
+    object and head 1 onto the second; for the other supervised tasks head 0 onto the union
+    of the question's regions. Each head's attention logits over the image tokens are
+    softmaxed (renormalised over the image) and pushed by cross-entropy towards the
+    objects' visible pixel mass per patch.
+
+    Query and key come from the ``vrp_capture`` attention function (post-RoPE, so the same
+    code serves Llama, Gemma and Qwen2-VL's M-RoPE), while the layer's output is SDPA's.
+    """
+
+    def __init__(self, layer: int, tasks: tuple[str, ...]):
+        super().__init__({layer})
+        self.tasks = set(tasks)
+        self.qk: tuple | None = None
+
+    def observe(self, layer_idx, query, key, attention_mask, scaling, softcap) -> None:
+        self.qk = (query, key, scaling, softcap)
+
+    def targets(self, batch, counts, labels, grids) -> tuple | None:
+        """Index tensors (rows, heads, decision positions, image-token positions) and the
+        target mass per image token, one entry per supervised (example, head)."""
+        import torch
+
+        rows, heads, dpos, toks, mass = [], [], [], [], []
+        for i, ((scene, q), c) in enumerate(zip(batch, counts, strict=True)):
+            if q.task not in self.tasks or not q.regions or len(grids[i]) != 1:
+                continue
+            idx = {tuple(o.box): k for k, o in enumerate(scene.objects)}
+            objs = [idx[tuple(r["box"])] for r in q.regions]
+            groups = [[o] for o in objs[:2]] if q.task == "spatial" else [objs]
+            d = int((labels[i] != -100).nonzero()[0]) - 1
+            for head, g in enumerate(groups):
+                m = c[g].sum(0)
+                if m.sum() > 0:
+                    rows.append(i)
+                    heads.append(head)
+                    dpos.append(d)
+                    toks.append(grids[i][0].token_index)
+                    mass.append(m / m.sum())
+        if not rows:
+            return None
+        return (
+            torch.tensor(rows),
+            torch.tensor(heads),
+            torch.tensor(dpos),
+            torch.as_tensor(np.stack(toks)),
+            torch.as_tensor(np.stack(mass), dtype=torch.float32),
+        )
+
+    def attention_logits(self, rows, heads, dpos, toks):
+        """``[n, image tokens]`` attention logits of (row, head) at ``dpos`` over ``toks``."""
+        import torch
+
+        query, key, scaling, softcap = self.qk
+        kv = heads // (query.shape[1] // key.shape[1])  # GQA: the key head of each query head
+        q = query[rows, heads, dpos].float()  # [n, d]
+        k = key[rows[:, None], kv[:, None], toks].float()  # [n, t, d]
+        logits = torch.einsum("nd,ntd->nt", q, k) * scaling
+        return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+    def loss(self, batch, counts, labels, grids):
+        """Mean cross-entropy of the supervised heads' image attention against the targets,
+        or None when the batch has no supervised question."""
+        import torch
+
+        tgt = self.targets(batch, counts, labels, grids)
+        if tgt is None:
+            return None
+        *index, mass = tgt
+        return -(mass * torch.log_softmax(self.attention_logits(*index), -1)).sum(-1).mean()
+
+
 def single_attribute_question(scene: Scene, rng: np.random.Generator) -> Question:
     """Auxiliary: existence of one attribute alone ("Is there a red object?", "Is there a circle?")."""
     from vrp.world.scene import COLOURS, SHAPES
@@ -179,12 +275,28 @@ def single_attribute_question(scene: Scene, rng: np.random.Generator) -> Questio
     return Question("single", text, "yes" if present else "no", (), {})
 
 
+def describe_with_positions(scene: Scene) -> str:
+    """The describe caption with each object's image quadrant after it, left to right,
+    e.g. "small red circle top left large blue square bottom right"."""
+    c = scene.size / 2
+    return " ".join(
+        f"{o.size} {o.colour} {o.shape} {'top' if o.cy < c else 'bottom'} {'left' if o.cx < c else 'right'}"
+        for o in sorted(scene.objects, key=lambda o: (o.cx, o.cy))
+    )
+
+
 def sample_example(
-    rng: np.random.Generator, task: str, wcfg: WorldConfig, wstats: WorldStats, dstats: DatasetStats
+    rng: np.random.Generator,
+    task: str,
+    wcfg: WorldConfig,
+    wstats: WorldStats,
+    dstats: DatasetStats,
+    describe_positions: bool = False,
 ) -> tuple[Scene, Question] | None:
     scene = sample_scene(rng, wcfg, wstats)
     if task == "describe":
-        q = Question("describe", "Describe the image.", describe(scene), (), {})
+        text = describe_with_positions(scene) if describe_positions else describe(scene)
+        q = Question("describe", "Describe the image.", text, (), {})
     elif task == "position":
         q = position_question(scene, rng)
     elif task == "single":
@@ -316,6 +428,8 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
     """
     import torch
 
+    from vrp.capture.attention import IMPL_NAME, recording, register
+    from vrp.capture.engine import language_attention
     from vrp.models.base import adapter_for
     from vrp.world.toy import build_toy
 
@@ -324,6 +438,10 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, processor = build_toy(cfg.arch, seed=cfg.seed, image_size=wcfg.image_size, patch=cfg.patch)
+    if cfg.pos_embed_std > 0:  # learned position embeddings of CLIP / SigLIP (Qwen2-VL's vision RoPE has none)
+        for name, prm in model.named_parameters():
+            if "vision" in name and "position_embedding" in name:
+                torch.nn.init.normal_(prm, std=cfg.pos_embed_std)
     cls = adapter_for(model.config.model_type)
     adapter = cls(model=model, processor=processor, path=str(out))
     rng = np.random.default_rng([cfg.seed, 42])
@@ -352,53 +470,71 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
         hidden = model.config.text_config.hidden_size
         probe = PatchProbe(model, adapter.module_paths["projector"], hidden, grid, cfg.position_heads)
         opt.add_param_group({"params": probe.parameters(), "weight_decay": 0.0})
+    sup = AttentionSupervisor(cfg.attn_sup_layer, cfg.attn_sup_tasks) if cfg.attn_sup_weight > 0 else None
+    sup_hist: list[float] = []
     names = list(cfg.task_weights)
     w = np.array([cfg.task_weights[n] for n in names], dtype=float)
     w /= w.sum()
     log: dict = {"config": {**asdict(cfg)}, "world": wcfg.to_dict(), "evals": []}
     best = (math.inf, None, None, -1)
     t0 = time.time()
-    for step in range(cfg.steps):
-        model.train()
-        batch = []
-        step_wcfg = curriculum_world(wcfg, step, cfg)
-        while len(batch) < cfg.batch_size:
-            ex = sample_example(rng, names[int(rng.choice(len(names), p=w))], step_wcfg, wstats, dstats)
-            if ex is not None:
-                batch.append(ex)
-        images = [render(sc, wcfg) for sc, _ in batch]
-        enc, labels = encode_batch(adapter, images, [q.question for _, q in batch], [q.answer for _, q in batch])
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        loss = per_example_loss(model(**enc).logits, labels)
-        if probe is not None:
-            pl = [patch_labels(sc, grid) for sc, _ in batch]
-            colour_t = torch.as_tensor(np.concatenate([p[0] for p in pl]))
-            shape_t = torch.as_tensor(np.concatenate([p[1] for p in pl]))
-            loss = loss + cfg.patch_weight * probe.loss(colour_t, shape_t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        vision_grad = vision_grad_norm(model, adapter)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if on_step:
-            on_step(step + 1)
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            acc = evaluate(adapter, eval_set)
-            dist = band_distance(acc, cfg.band)
-            rec = {
-                "vision_grad_norm": vision_grad,
-                "step": step + 1,
-                "loss": float(loss.detach()),
-                "seconds": round(time.time() - t0, 1),
-                "acc": acc,
-                "band_distance": dist,
-            }
-            log["evals"].append(rec)
-            if progress:
-                progress(rec)
-            if dist <= best[0]:
-                best = (dist, copy.deepcopy(model.state_dict()), acc, step + 1)
+    if sup is not None:
+        register()
+    # Supervised attention reads query/key through the vrp_capture function (SDPA output).
+    with language_attention(model, IMPL_NAME) if sup is not None else nullcontext():
+        for step in range(cfg.steps):
+            model.train()
+            batch = []
+            step_wcfg = curriculum_world(wcfg, step, cfg)
+            while len(batch) < cfg.batch_size:
+                task = names[int(rng.choice(len(names), p=w))]
+                ex = sample_example(rng, task, step_wcfg, wstats, dstats, cfg.describe_positions)
+                if ex is not None:
+                    batch.append(ex)
+            images = [render(sc, wcfg) for sc, _ in batch]
+            enc, labels = encode_batch(adapter, images, [q.question for _, q in batch], [q.answer for _, q in batch])
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            with recording(sup) if sup is not None else nullcontext():
+                loss = per_example_loss(model(**enc).logits, labels)
+            counts = [object_patch_counts(sc, grid) for sc, _ in batch] if probe or sup else None
+            if sup is not None:
+                la = sup.loss(batch, counts, labels, adapter.image_grids(enc))
+                sup.qk = None
+                if la is not None:
+                    loss = loss + cfg.attn_sup_weight * la
+                    sup_hist.append(float(la.detach()))
+            if probe is not None:
+                pl = [patch_labels(sc, grid, c) for (sc, _), c in zip(batch, counts, strict=True)]
+                colour_t = torch.as_tensor(np.concatenate([p[0] for p in pl]))
+                shape_t = torch.as_tensor(np.concatenate([p[1] for p in pl]))
+                loss = loss + cfg.patch_weight * probe.loss(colour_t, shape_t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            vision_grad = vision_grad_norm(model, adapter)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if on_step:
+                on_step(step + 1)
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                acc = evaluate(adapter, eval_set)
+                dist = band_distance(acc, cfg.band)
+                rec = {
+                    "vision_grad_norm": vision_grad,
+                    "step": step + 1,
+                    "loss": float(loss.detach()),
+                    "seconds": round(time.time() - t0, 1),
+                    "acc": acc,
+                    "band_distance": dist,
+                }
+                if sup is not None:  # mean supervision loss since the last evaluation (uniform attention: ~log 16)
+                    rec["attn_sup_loss"] = float(np.mean(sup_hist)) if sup_hist else float("nan")
+                    sup_hist.clear()
+                log["evals"].append(rec)
+                if progress:
+                    progress(rec)
+                if dist <= best[0]:
+                    best = (dist, copy.deepcopy(model.state_dict()), acc, step + 1)
     if probe is not None:
         probe.handle.remove()
     model.load_state_dict(best[1])
