@@ -138,11 +138,11 @@ def run(
     if c["answered"] == 0:
         _fail("no item was answered: nothing to analyze")
     try:
-        _train_probes(out, seed=seed, stacked_k=5)
+        _train_probes(out, seed=seed, stacked_k=None)
     except (ValueError, KeyError) as e:  # e.g. one class only: the rest of the analysis still runs
         console.print(f"[yellow]probes skipped:[/] {e}", soft_wrap=True)
-    _analyze(out, n_boot=10_000, n_perm=10_000, seed=seed)
-    _report(out, layer=None, cases=6)
+    _analyze(out, n_boot=None, n_perm=None, seed=seed)  # AnalyzeConfig's defaults, as `vrp analyze`
+    _report(out, layer=None, cases=None)
 
 
 def _check_run_dir(run: Path) -> None:
@@ -150,12 +150,13 @@ def _check_run_dir(run: Path) -> None:
         _fail(f"{run} holds no finished run (no items.parquet); make one with `vrp run --out {run}`")
 
 
-def _report(run: Path, layer: int | None, cases: int) -> Path:
+def _report(run: Path, layer: int | None, cases: int | None) -> Path:
+    """Build the report; ``cases`` None = build_report's default."""
     from vrp.report import build_report
 
     with console.status("building the report"):
         try:
-            path = build_report(run, layer=layer, n_cases=cases)
+            path = build_report(run, layer=layer, **({} if cases is None else {"n_cases": cases}))
         except (ValueError, FileNotFoundError) as e:
             _fail(str(e))
     console.print(f"wrote {path} and {run / 'summary.json'}; open it in a browser", soft_wrap=True)
@@ -277,11 +278,13 @@ def probe(
         _fail(str(e))
 
 
-def _train_probes(run: Path, seed: int, stacked_k: int) -> None:
+def _train_probes(run: Path, seed: int, stacked_k: int | None) -> None:
+    """Train the probes and print their table; ``stacked_k`` None = ProbeConfig's default."""
     from vrp.analysis.probing import ProbeConfig, train_probes
 
     with console.status("training probes"):
-        summary = train_probes(run, ProbeConfig(seed=seed, stacked_k=stacked_k))
+        cfg = ProbeConfig(seed=seed, **({} if stacked_k is None else {"stacked_k": stacked_k}))
+        summary = train_probes(run, cfg)
     table = Table(title=f"probes on {run} (n = {summary['n']}, split {summary['split_sizes']})")
     for col in ("probe", "chosen on validation", "val AUROC", "test AUROC"):
         table.add_column(col, justify="left" if col in ("probe", "chosen on validation") else "right")
@@ -304,12 +307,15 @@ def analyze(
     _analyze(run, n_boot, n_perm, seed)
 
 
-def _analyze(run: Path, n_boot: int, n_perm: int, seed: int) -> None:
+def _analyze(run: Path, n_boot: int | None, n_perm: int | None, seed: int) -> None:
+    """Run the predictor analysis and print its table; None resamples = AnalyzeConfig's default."""
     from vrp.analysis.predictors import AnalyzeConfig
     from vrp.analysis.predictors import analyze as run_analysis
 
+    given = {"n_boot": n_boot, "n_perm": n_perm}
+    cfg = AnalyzeConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})
     with console.status("bootstrapping"):
-        summary = run_analysis(run, AnalyzeConfig(n_boot=n_boot, n_perm=n_perm, seed=seed))
+        summary = run_analysis(run, cfg)
     table = Table(title=f"predictors of correctness on {run}")
     for col in ("signal", "family", "AUROC [95% CI]", "r", "p", "p (BH)", "AURC", "n"):
         table.add_column(col, justify="left" if col in ("signal", "family") else "right")

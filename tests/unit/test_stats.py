@@ -346,3 +346,28 @@ def test_auroc_is_invariant_to_item_order_and_monotone_transforms():
     assert a == pytest.approx(roc_auc_score(y, s))
     assert auroc(s[perm], y[perm]) == a
     assert auroc(np.exp(s[perm]), y[perm]) == a
+
+
+def test_mean_ci_matches_scipy_percentile_bootstrap_and_ignores_nan():
+    from scipy.stats import bootstrap
+
+    from vrp.stats.effects import mean_ci, resample_counts
+
+    rng = np.random.default_rng(3)
+    x = rng.gamma(2.0, size=(150, 2))
+    x[:40, 1] = np.nan  # column 1: only its 110 finite values count
+    mean, lo, hi = mean_ci(x, n_boot=20_000, rng=np.random.default_rng(0))
+    for k in range(2):
+        col = x[:, k][np.isfinite(x[:, k])]
+        ref = bootstrap((col,), np.mean, n_resamples=20_000, method="percentile", random_state=1)
+        se = col.std() / math.sqrt(col.size)
+        assert mean[k] == pytest.approx(col.mean())
+        # k = 1: resampling all 150 rows gives a random number of finite values per resample,
+        # a slightly wider interval than scipy's fixed 110
+        tol = 0.05 * se if k == 0 else 0.15 * se
+        assert abs(lo[k] - ref.confidence_interval.low) < tol and abs(hi[k] - ref.confidence_interval.high) < tol
+    # the resampling stream does not depend on the blocking
+    blocks = list(resample_counts(7, 10, np.random.default_rng(0)))
+    direct = np.random.default_rng(0).multinomial(7, np.full(7, 1 / 7), size=10)
+    np.testing.assert_array_equal(np.concatenate(blocks), direct)
+    assert all(c.sum() == 7 for c in np.concatenate(blocks))

@@ -140,17 +140,9 @@ def layer_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table:
 
 def _mean_ci(m: np.ndarray, rng: np.random.Generator, cfg) -> tuple[list, list, list]:
     """Per-column mean of ``m`` [n, L] and its percentile bootstrap CI (NaN CI when n < 2)."""
-    n = len(m)
-    if n < 2:
-        nan = [float("nan")] * m.shape[1]
-        return ([float(x) for x in m.mean(axis=0)] if n else nan), nan, nan
-    boots = []
-    for start in range(0, cfg.n_boot, 500):  # resample counts [chunk, n] @ m: no [boot, n, L] tensor
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(500, cfg.n_boot - start))
-        boots.append(counts @ m / n)
-    boots = np.concatenate(boots)  # [n_boot, L]
-    a = (1 - cfg.level) / 2
-    return m.mean(axis=0).tolist(), np.quantile(boots, a, axis=0).tolist(), np.quantile(boots, 1 - a, axis=0).tolist()
+    from vrp.stats.effects import mean_ci
+
+    return tuple(x.tolist() for x in mean_ci(m, cfg.n_boot, cfg.level, rng))
 
 
 def analyze(run_dir: Path, cfg: AnalyzeConfig | None = None) -> dict:

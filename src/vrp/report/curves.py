@@ -13,39 +13,13 @@ import numpy as np
 
 from vrp.report.data import RunData, curve
 from vrp.signals.mechanistic import mlp_share
-from vrp.stats.auroc import percentile_ci
+from vrp.stats.effects import mean_ci
 
 
 def mean_band(values: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[np.ndarray, ...]:
-    """Column means of ``values`` [n, K] ignoring NaN, with percentile bootstrap CIs (items resampled).
-
-    Returns:
-        (mean, ci_low, ci_high), each [K]; NaN where a column has no finite value, NaN CI
-        where it has fewer than 2.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    ok = np.isfinite(v)  # [n, K]
-    filled = np.where(ok, v, 0.0)
-    count = ok.sum(axis=0)  # [K]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = filled.sum(axis=0) / count
-    lo, hi = np.full(v.shape[1], np.nan), np.full(v.shape[1], np.nan)
-    n = v.shape[0]
-    if n >= 2 and n_boot > 0:
-        rng = np.random.default_rng(seed)
-        sums, counts = [], []
-        for start in range(0, n_boot, 500):  # multiplicities [chunk, n] @ [n, K]: no [boot, n, K] tensor
-            c = rng.multinomial(n, np.full(n, 1.0 / n), size=min(500, n_boot - start)).astype(np.float64)
-            sums.append(c @ filled)
-            counts.append(c @ ok)
-        s, c = np.concatenate(sums), np.concatenate(counts)  # [n_boot, K]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            boots = s / c
-        for k in range(v.shape[1]):
-            b = boots[:, k][np.isfinite(boots[:, k])]
-            if count[k] >= 2 and b.size:
-                lo[k], hi[k] = percentile_ci(b, level)
-    return mean, lo, hi
+    """Column means of ``values`` [n, K] ignoring NaN, with percentile bootstrap CIs (items
+    resampled; :func:`vrp.stats.effects.mean_ci` seeded with ``seed``)."""
+    return mean_ci(values, n_boot, level, np.random.default_rng(seed))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ Resampling by multinomial counts: a resample's mean of ``d`` is ``counts @ d / n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,14 +41,54 @@ class EffectResult(Result):
     undefined: str | None = None
 
 
-def _counts(n: int, n_boot: int, seed: int):
-    rng = np.random.default_rng(seed)
+def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Bootstrap resamples of ``n`` items as multiplicities: blocks of ``[b, n]`` float64 counts
+    ``~ Multinomial(n, 1/n)``, ``n_boot`` rows in all (the stream does not depend on the blocking)."""
     block = max(1, _BLOCK_CELLS // max(n, 1))
     done = 0
     while done < n_boot:
         b = min(block, n_boot - done)
         yield rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)  # [b, n]
         done += b
+
+
+def _counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    return resample_counts(n, n_boot, np.random.default_rng(seed))
+
+
+def mean_ci(
+    values: ArrayLike, n_boot: int, level: float = 0.95, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column means of ``values`` ``[n, K]`` ignoring NaN, with percentile bootstrap CIs
+    (items resampled).
+
+    Returns:
+        (mean, ci_low, ci_high), each ``[K]``; mean NaN where a column has no finite value,
+        CI NaN where it has fewer than 2.
+    """
+    check_level(level)
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(v)  # [n, K]
+    filled = np.where(ok, v, 0.0)
+    count = ok.sum(axis=0)  # [K]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = filled.sum(axis=0) / count
+    lo, hi = np.full(v.shape[1], NAN), np.full(v.shape[1], NAN)
+    n = v.shape[0]
+    if n < 2 or n_boot <= 0:
+        return mean, lo, hi
+    rng = rng if rng is not None else np.random.default_rng(0)
+    sums, counts = [], []
+    for c in resample_counts(n, n_boot, rng):  # multiplicities [b, n] @ [n, K]: no [boot, n, K] tensor
+        sums.append(c @ filled)
+        counts.append(c @ ok)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boots = np.concatenate(sums) / np.concatenate(counts)  # [n_boot, K]
+    for k in range(v.shape[1]):
+        b = boots[:, k][np.isfinite(boots[:, k])]
+        if count[k] >= 2 and b.size:
+            lo[k], hi[k] = percentile_ci(b, level)
+    return mean, lo, hi
 
 
 def _pairs(*arrays: ArrayLike) -> tuple[list[np.ndarray], int]:
