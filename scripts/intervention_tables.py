@@ -7,6 +7,7 @@ tables of the paired accuracy deltas (pp, 95% paired-bootstrap CI) overall and o
 (object identification); with --readme also writes them into README.md.
 
     python scripts/intervention_tables.py --out runs/interventions [--images 150] [--readme]
+    python scripts/intervention_tables.py --out runs/interventions --arch llava   # one model's runs only
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ def vrp(*args: str) -> None:
     subprocess.run(["vrp", *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def run_all(out: Path, images: int, n_boot: int) -> None:
-    for arch in ("llava", "paligemma", "qwen2vl"):
+ARCHS = ("llava", "paligemma", "qwen2vl")
+
+
+def run_all(out: Path, images: int, n_boot: int, archs=ARCHS) -> None:
+    for arch in archs:
         run = out / arch
         if not (run / "probes" / "summary.json").is_file():
             vrp("run", "--model", f"toy-{arch}", "--data", f"shapesworld:{images}", "--out", str(run),
@@ -53,7 +57,7 @@ def tables(out: Path) -> str:
         "| model | experiment | condition | n | acc clean | delta all (pp) [95% CI] | delta existence (pp) [95% CI] |",
         "|---|---|---|---|---|---|---|",
     ]
-    for arch in ("llava", "paligemma", "qwen2vl"):
+    for arch in ARCHS:
         df = pq.read_table(out / arch / "interventions" / "effects.parquet").to_pandas()
         for (exp, cond), g in df.groupby(["experiment", "condition"], sort=False):
             a = g[g.task == "all"].iloc[0]
@@ -70,9 +74,12 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=10_000)
     ap.add_argument("--tables-only", action="store_true", help="only format existing results")
     ap.add_argument("--readme", action="store_true")
+    ap.add_argument("--arch", action="append", choices=ARCHS, help="run only these (repeatable); tables need all")
     args = ap.parse_args()
     if not args.tables_only:
-        run_all(args.out, args.images, args.n_boot)
+        run_all(args.out, args.images, args.n_boot, args.arch or ARCHS)
+        if args.arch and set(args.arch) != set(ARCHS):
+            return
     print_or_replace("intervention-table", tables(args.out), sys.argv)
 
 
