@@ -35,3 +35,15 @@ def assert_tables_equal(a, b, skip: tuple[str, ...] = (), rtol: float = 0.0, ato
             np.testing.assert_allclose(x.to_numpy(), y.to_numpy(), rtol=rtol, atol=atol, err_msg=name)
         else:
             assert x.to_pylist() == y.to_pylist(), name
+
+
+def cli_run(out: Path, *args: str, model: str | Path = "toy-llava"):
+    """``vrp run --answer-only --model MODEL --out OUT ARGS...`` in-process (typer's CliRunner);
+    asserts it succeeded (the output is in the message otherwise) and returns the result."""
+    from typer.testing import CliRunner
+
+    from vrp.cli import app
+
+    res = CliRunner().invoke(app, ["run", "--answer-only", "--model", str(model), "--out", str(out), *args])
+    assert res.exit_code == 0, res.output
+    return res

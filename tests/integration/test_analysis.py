@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+from tests.helpers import cli_run
 from vrp.cli import app
 from vrp.signals.catalog import NAMES
 
@@ -18,9 +19,7 @@ from vrp.signals.catalog import NAMES
 def analyzed(tmp_path_factory):
     out = tmp_path_factory.mktemp("ana") / "run"
     runner = CliRunner()
-    res = runner.invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), "--data", "shapesworld:40",
-                              "--samples", "4", "--max-new-tokens", "4", "--seed", "5"])  # fmt: skip
-    assert res.exit_code == 0, res.output
+    cli_run(out, "--data", "shapesworld:40", "--samples", "4", "--max-new-tokens", "4", "--seed", "5")
     res = runner.invoke(app, ["probe", "--run", str(out), "--stacked-k", "3"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["analyze", "--run", str(out), "--n-boot", "2000", "--n-perm", "2000"])

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.helpers import cli_run
 from vrp.cli import app
 from vrp.interventions import hooks, masking
 from vrp.interventions.schema import EFFECTS, PATCHING
@@ -124,10 +125,7 @@ def test_image_box_inverts_view_box(adapter):
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("iv") / "run"
-    runner = CliRunner()
-    res = runner.invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), "--data", "shapesworld:16",
-                              "--samples", "0", "--max-new-tokens", "4", "--seed", "3"])  # fmt: skip
-    assert res.exit_code == 0, res.output
+    cli_run(out, "--data", "shapesworld:16", "--samples", "0", "--max-new-tokens", "4", "--seed", "3")
     return out
 
 

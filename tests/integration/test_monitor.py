@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from tests.helpers import cli_run
 from vrp.cli import app
 from vrp.monitor import Monitor, MonitorError
 
@@ -30,9 +31,7 @@ def probed(tmp_path_factory):
     from vrp.analysis.probing import ProbeConfig, train_probes
 
     out = tmp_path_factory.mktemp("mon") / "run"
-    res = CliRunner().invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), "--data", "shapesworld:30",
-                                   "--samples", "0", "--max-new-tokens", "4", "--seed", "5"])  # fmt: skip
-    assert res.exit_code == 0, res.output
+    cli_run(out, "--data", "shapesworld:30", "--samples", "0", "--max-new-tokens", "4", "--seed", "5")
     train_probes(out, ProbeConfig(stacked_k=2, mlp_hidden=8, trees=5, max_iter=300))
     return out
 

@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from tests.helpers import assert_tables_equal
-from vrp.cli import app
+from tests.helpers import assert_tables_equal, cli_run
 from vrp.runs import storage
 
 pytest.importorskip("ray")
@@ -18,8 +16,7 @@ ARGS = ["--data", "shapesworld:4", "--batch-size", "3", "--samples", "3", "--max
 
 
 def _invoke(out, *extra):
-    res = CliRunner().invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), *ARGS, *extra])
-    assert res.exit_code == 0, res.output
+    cli_run(out, *ARGS, *extra)
     return json.loads((out / "manifest.json").read_text())
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import assert_tables_equal
+from tests.helpers import assert_tables_equal, cli_run
 from vrp.runs import storage
 
 ARGS = ["--data", "shapesworld:3", "--batch-size", "2", "--samples", "3", "--max-new-tokens", "3", "--seed", "7"]
@@ -173,8 +173,8 @@ def test_a_different_checkpoint_of_the_same_architecture_is_refused(random_toy_d
     model = tmp_path / "model"
     shutil.copytree(random_toy_dirs["llava"], model)
     out = tmp_path / "run"
+    cli_run(out, *ARGS, "--limit", "2", model=model)
     args = ["run", "--answer-only", "--model", str(model), "--out", str(out), *ARGS, "--limit", "2"]
-    assert CliRunner().invoke(app, args).exit_code == 0
     other, _ = build_toy("llava", seed=7)
     other.save_pretrained(model)  # a different checkpoint, byte sizes unchanged
     res = CliRunner().invoke(app, args)

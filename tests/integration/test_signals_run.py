@@ -9,11 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from typer.testing import CliRunner
 
+from tests.helpers import cli_run
 from vrp.capture.engine import CaptureConfig, capture_generate
 from vrp.capture.lens import lens_readout, reference_ids
-from vrp.cli import app
 from vrp.data.items import load_generic_jsonl
 from vrp.models import load_adapter
 from vrp.runs import storage
@@ -40,8 +39,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sig") / "run"
-    res = CliRunner().invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), *ARGS])
-    assert res.exit_code == 0, res.output
+    cli_run(out, *ARGS)
     return out
 
 
@@ -144,19 +142,14 @@ def test_items_schema_and_shard_arrays(toy_run):
 def test_store_options_shrink_the_shards(toy_run, tmp_path):
     out = tmp_path / "slim"
     extra = ["--store-layers", "0,-1", "--store-attention", "heads", "--no-residuals"]
-    res = CliRunner().invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), *ARGS, *extra])
-    assert res.exit_code == 0, res.output
+    cli_run(out, *ARGS, *extra)
     _, arrays = next(storage.iter_shards(out))
     assert "residual" not in arrays
     assert arrays["attention.0"].shape == (2, 4, 4, 4)  # layers 0 and 3, 4 heads, 4x4 grid
     _, full = next(storage.iter_shards(toy_run))
     heads = arrays["attention.0"].mean(axis=1)  # raw per-head maps -> the head-averaged map p_l
     np.testing.assert_allclose(heads / heads.sum(axis=(1, 2), keepdims=True), full["attention.0"][[0, 3]], rtol=1e-4)
-    res = CliRunner().invoke(
-        app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(tmp_path / "none"), *ARGS, "--store-attention", "none",
-              "--no-residuals"],
-    )  # fmt: skip
-    assert res.exit_code == 0, res.output
+    cli_run(tmp_path / "none", *ARGS, "--store-attention", "none", "--no-residuals")
     sizes = [
         json.loads((d / "manifest.json").read_text())["disk"]["bytes_per_item"] for d in (toy_run, tmp_path / "none")
     ]
