@@ -145,6 +145,11 @@ def run(
     _report(out, layer=None, cases=None)
 
 
+def _given(**options) -> dict:
+    """The options that are not None, so that None leaves the callee's own default in place."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _check_run_dir(run: Path) -> None:
     if not (run / "items.parquet").is_file():
         _fail(f"{run} holds no finished run (no items.parquet); make one with `vrp run --out {run}`")
@@ -156,7 +161,7 @@ def _report(run: Path, layer: int | None, cases: int | None) -> Path:
 
     with console.status("building the report"):
         try:
-            path = build_report(run, layer=layer, **({} if cases is None else {"n_cases": cases}))
+            path = build_report(run, layer=layer, **_given(n_cases=cases))
         except (ValueError, FileNotFoundError) as e:
             _fail(str(e))
     console.print(f"wrote {path} and {run / 'summary.json'}; open it in a browser", soft_wrap=True)
@@ -283,7 +288,7 @@ def _train_probes(run: Path, seed: int, stacked_k: int | None) -> None:
     from vrp.analysis.probing import ProbeConfig, train_probes
 
     with console.status("training probes"):
-        cfg = ProbeConfig(seed=seed, **({} if stacked_k is None else {"stacked_k": stacked_k}))
+        cfg = ProbeConfig(seed=seed, **_given(stacked_k=stacked_k))
         summary = train_probes(run, cfg)
     table = Table(title=f"probes on {run} (n = {summary['n']}, split {summary['split_sizes']})")
     for col in ("probe", "chosen on validation", "val AUROC", "test AUROC"):
@@ -312,8 +317,7 @@ def _analyze(run: Path, n_boot: int | None, n_perm: int | None, seed: int) -> No
     from vrp.analysis.predictors import AnalyzeConfig
     from vrp.analysis.predictors import analyze as run_analysis
 
-    given = {"n_boot": n_boot, "n_perm": n_perm}
-    cfg = AnalyzeConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})
+    cfg = AnalyzeConfig(seed=seed, **_given(n_boot=n_boot, n_perm=n_perm))
     with console.status("bootstrapping"):
         summary = run_analysis(run, cfg)
     table = Table(title=f"predictors of correctness on {run}")

@@ -478,3 +478,14 @@ def test_no_cooccurrence_structure_without_themes(tmp_path):
             lift = pairs[frozenset((a, b))] / (freq[a] * freq[b] / len(scenes))
             (within if group[a] == group[b] else across).append(lift)
     assert np.mean(within) < 1.5 * np.mean(across)
+
+
+def test_describe_with_quadrants_names_each_objects_quadrant_left_to_right():
+    from vrp.world.questions import describe
+    from vrp.world.scene import Obj, Scene
+
+    sq = Obj("square", "blue", "large", (28, 30, 44, 46), hue=240.0)  # centre (36, 38): bottom right
+    ci = Obj("circle", "red", "small", (2, 2, 12, 12), hue=0.0)  # centre (7, 7): top left
+    scene = Scene([sq, ci], size=48)
+    assert describe(scene) == "small red circle large blue square"
+    assert describe(scene, quadrants=True) == "small red circle top left large blue square bottom right"

@@ -90,10 +90,16 @@ def _region(label: str, o: Obj) -> dict:
     return {"label": label, "box": list(o.box)}
 
 
-def describe(scene: Scene) -> str:
-    """Caption listing every object left to right, e.g. "small red circle large blue square"."""
-    objs = sorted(scene.objects, key=lambda o: (o.cx, o.cy))
-    return " ".join(f"{o.size} {o.colour} {o.shape}" for o in objs)
+def describe(scene: Scene, quadrants: bool = False) -> str:
+    """Caption listing every object left to right, e.g. "small red circle large blue square";
+    with ``quadrants``, each followed by its image quadrant ("small red circle top left ...")."""
+    c = scene.size / 2
+
+    def words(o: Obj) -> str:
+        where = f" {'top' if o.cy < c else 'bottom'} {'left' if o.cx < c else 'right'}" if quadrants else ""
+        return f"{o.size} {o.colour} {o.shape}{where}"
+
+    return " ".join(words(o) for o in sorted(scene.objects, key=lambda o: (o.cx, o.cy)))
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,8 @@ def object_patch_counts(scene: Scene, grid: int) -> np.ndarray:
     ps = scene.size // grid
     ids = np.asarray(idmap)[: grid * ps, : grid * ps].reshape(grid, ps, grid, ps).transpose(0, 2, 1, 3)
     patch = np.repeat(np.arange(grid * grid), ps * ps)
-    counts = np.zeros((len(scene.objects) + 1) * grid * grid, dtype=np.int64)
-    np.add.at(counts, ids.reshape(-1).astype(np.int64) * grid * grid + patch, 1)
+    n_cells = (len(scene.objects) + 1) * grid * grid
+    counts = np.bincount(ids.reshape(-1).astype(np.int64) * grid * grid + patch, minlength=n_cells)
     return counts.reshape(-1, grid * grid)[1:]
 
 
@@ -278,16 +278,6 @@ def single_attribute_question(scene: Scene, rng: np.random.Generator) -> Questio
     return Question("single", text, "yes" if present else "no", (), {})
 
 
-def describe_with_positions(scene: Scene) -> str:
-    """The describe caption with each object's image quadrant after it, left to right,
-    e.g. "small red circle top left large blue square bottom right"."""
-    c = scene.size / 2
-    return " ".join(
-        f"{o.size} {o.colour} {o.shape} {'top' if o.cy < c else 'bottom'} {'left' if o.cx < c else 'right'}"
-        for o in sorted(scene.objects, key=lambda o: (o.cx, o.cy))
-    )
-
-
 def sample_example(
     rng: np.random.Generator,
     task: str,
@@ -298,8 +288,7 @@ def sample_example(
 ) -> tuple[Scene, Question] | None:
     scene = sample_scene(rng, wcfg, wstats)
     if task == "describe":
-        text = describe_with_positions(scene) if describe_positions else describe(scene)
-        q = Question("describe", "Describe the image.", text, (), {})
+        q = Question("describe", "Describe the image.", describe(scene, describe_positions), (), {})
     elif task == "position":
         q = position_question(scene, rng)
     elif task == "single":
@@ -500,7 +489,8 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
                 g["lr"] = lr_at(step)
             with recording(sup) if sup is not None else nullcontext():
                 loss = per_example_loss(model(**enc).logits, labels)
-            counts = [object_patch_counts(sc, grid) for sc, _ in batch] if probe or sup else None
+            need_counts = probe is not None or sup is not None
+            counts = [object_patch_counts(sc, grid) for sc, _ in batch] if need_counts else None
             if sup is not None:
                 la = sup.loss(batch, counts, labels, adapter.image_grids(enc))
                 sup.qk = None
