@@ -42,3 +42,20 @@ def test_shipped_checkpoint_reaches_documented_accuracy(name):
         assert abs(got["accuracy"] - p) <= tol, (task, got["accuracy"], p, tol)
     d_all, g_all = doc["accuracy"]["overall"]["accuracy"], fresh["accuracy"]["overall"]["accuracy"]
     assert abs(g_all - d_all) <= 0.04, (g_all, d_all)
+
+
+@pytest.mark.parametrize("name", TOY_MODELS)
+def test_shipped_checkpoint_was_trained_with_the_shipped_recipe(name):
+    """`vrp world train --arch A` rebuilds what ships: the training log's configuration is
+    the recipe of its architecture (the thread count aside, which is a machine setting)."""
+    from dataclasses import asdict
+
+    from vrp.world.recipes import RECIPES, WORLD
+
+    log = json.loads((resolve_model_path(name) / "training_log.json").read_text())
+    arch = log["config"]["arch"]
+    want = json.loads(json.dumps(asdict(RECIPES[arch])))
+    got = dict(log["config"])
+    assert {k: v for k, v in got.items() if k != "threads"} == {k: v for k, v in want.items() if k != "threads"}
+    assert log["world"] == json.loads(json.dumps(WORLD.to_dict()))
+    assert log["chosen"]["step"] <= RECIPES[arch].steps
