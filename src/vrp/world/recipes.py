@@ -26,7 +26,7 @@ TASK_WEIGHTS = {
     "spatial": 3.0,
     "attribute": 2.0,
 }
-STEPS = {"llava": 3500, "paligemma": 6000, "qwen2vl": 6000}
+STEPS = {"llava": 3500, "paligemma": 6000, "qwen2vl": 10000}
 RECIPE = TrainConfig(
     curriculum=0.4,
     task_weights=TASK_WEIGHTS,
