@@ -384,8 +384,9 @@ def world_train(
     seed: int = typer.Option(0, help="Seed of initialisation and data."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
     evaluate: bool = typer.Option(True, help="Measure greedy accuracy on held-out images and write eval.json."),
+    device: str = typer.Option("cpu", help="Torch device (the recipe is tuned on CPU; a GPU gives other numbers)."),
 ) -> None:
-    """Train a toy VLM of ARCH from random init on ShapesWorld (CPU)."""
+    """Train a toy VLM of ARCH from random init on ShapesWorld (CPU by default)."""
     from vrp.world.recipes import recipe_for
     from vrp.world.toy import ARCHS
     from vrp.world.train import train
@@ -401,7 +402,7 @@ def world_train(
             prog.update(task, completed=rec["step"], rate=acc)
             prog.console.log(f"step {rec['step']}: loss {rec['loss']:.3f}, held-out (teacher-forced) {acc}")
 
-        log = train(cfg, out, wcfg, progress=on_eval, on_step=lambda s: prog.update(task, completed=s))
+        log = train(cfg, out, wcfg, progress=on_eval, on_step=lambda s: prog.update(task, completed=s), device=device)
     ch = log["chosen"]
     console.print(
         f"kept step {ch['step']} (teacher-forced: " + ", ".join(f"{k} {v:.3f}" for k, v in ch["acc"].items()) + ")"

@@ -168,6 +168,11 @@ class PatchProbe:
     def _hook(self, module, args, output):
         self.feats = output
 
+    def to(self, device) -> None:
+        for head in (self.colour, self.shape, self.row, self.col):
+            if head is not None:
+                head.to(device)
+
     def parameters(self):
         heads = (self.colour, self.shape, self.row, self.col)
         return [p for head in heads if head is not None for p in head.parameters()]
@@ -177,7 +182,8 @@ class PatchProbe:
         import torch.nn.functional as F
 
         f = self.feats.reshape(-1, self.feats.shape[-1])
-        k = torch.arange(f.shape[0]) % (self.grid * self.grid)  # token index within its image, row-major
+        # token index within its image, row-major
+        k = torch.arange(f.shape[0], device=f.device) % (self.grid * self.grid)
         loss = F.cross_entropy(self.colour(f), colour_t) + F.cross_entropy(self.shape(f), shape_t)
         if self.row is not None:
             loss = loss + F.cross_entropy(self.row(f), k // self.grid) + F.cross_entropy(self.col(f), k % self.grid)
@@ -259,7 +265,7 @@ class AttentionSupervisor(AttentionRecorder):
         tgt = self.targets(batch, counts, labels, grids)
         if tgt is None:
             return None
-        *index, mass = tgt
+        *index, mass = (t.to(self.qk[0].device) for t in tgt)
         return -(mass * torch.log_softmax(self.attention_logits(*index), -1)).sum(-1).mean()
 
 
@@ -375,7 +381,7 @@ def evaluate(adapter, eval_set: list[tuple], batch_size: int = 64) -> dict[str, 
     with torch.no_grad():
         for s in range(0, len(eval_set), batch_size):
             chunk = eval_set[s : s + batch_size]
-            enc = adapter.encode([c[0] for c in chunk], [adapter.prompt(c[1]) for c in chunk], padding_side="left")
+            enc = adapter.model_inputs([c[0] for c in chunk], [adapter.prompt(c[1]) for c in chunk])
             pred = _decision_logits(adapter.model, enc).argmax(-1).tolist()
             for (_, _, ans, task), p in zip(chunk, pred, strict=True):
                 gold = tok(ans, add_special_tokens=False)["input_ids"][0]
@@ -408,7 +414,14 @@ def curriculum_world(wcfg: WorldConfig, step: int, cfg: TrainConfig) -> WorldCon
     return replace(wcfg, max_objects=max(wcfg.min_objects, min(wcfg.max_objects, int(cap))))
 
 
-def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, progress=None, on_step=None) -> dict:
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    wcfg: WorldConfig | None = None,
+    progress=None,
+    on_step=None,
+    device: str = "cpu",
+) -> dict:
     """Train one toy model; save the best-in-band checkpoint to ``out``; return the log.
 
     Args:
@@ -417,6 +430,8 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
         wcfg: the world to train on.
         progress: called with each evaluation record.
         on_step: called with the step number after every step.
+        device: torch device of the model (the recipe is tuned and shipped on CPU; a GPU
+            runs the same recipe with different floating-point results). Recorded in the log.
     """
     import torch
 
@@ -430,10 +445,12 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model, processor = build_toy(cfg.arch, seed=cfg.seed, image_size=wcfg.image_size, patch=cfg.patch)
+    dev = torch.device(device)
     if cfg.pos_embed_std > 0:  # learned position embeddings of CLIP / SigLIP (Qwen2-VL's vision RoPE has none)
         for name, prm in model.named_parameters():
             if "vision" in name and "position_embedding" in name:
                 torch.nn.init.normal_(prm, std=cfg.pos_embed_std)
+    model.to(dev)
     cls = adapter_for(model.config.model_type)
     adapter = cls(model=model, processor=processor, path=str(out))
     rng = np.random.default_rng([cfg.seed, 42])
@@ -461,13 +478,14 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
     if cfg.patch_weight > 0:
         hidden = model.config.text_config.hidden_size
         probe = PatchProbe(model, adapter.module_paths["projector"], hidden, grid, cfg.position_heads)
+        probe.to(dev)
         opt.add_param_group({"params": probe.parameters(), "weight_decay": 0.0})
     sup = AttentionSupervisor(cfg.attn_sup_layer, cfg.attn_sup_tasks) if cfg.attn_sup_weight > 0 else None
     sup_hist: list[float] = []
     names = list(cfg.task_weights)
     w = np.array([cfg.task_weights[n] for n in names], dtype=float)
     w /= w.sum()
-    log: dict = {"config": {**asdict(cfg)}, "world": wcfg.to_dict(), "evals": []}
+    log: dict = {"config": {**asdict(cfg)}, "world": wcfg.to_dict(), "device": str(dev), "evals": []}
     best = (math.inf, None, None, -1)
     t0 = time.time()
     if sup is not None:
@@ -485,6 +503,8 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
                     batch.append(ex)
             images = [render(sc, wcfg) for sc, _ in batch]
             enc, labels = encode_batch(adapter, images, [q.question for _, q in batch], [q.answer for _, q in batch])
+            enc = {k: v.to(dev) if hasattr(v, "to") else v for k, v in enc.items()}
+            labels = labels.to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             with recording(sup) if sup is not None else nullcontext():
@@ -499,8 +519,8 @@ def train(cfg: TrainConfig, out: str | Path, wcfg: WorldConfig | None = None, pr
                     sup_hist.append(float(la.detach()))
             if probe is not None:
                 pl = [patch_labels(sc, grid, c) for (sc, _), c in zip(batch, counts, strict=True)]
-                colour_t = torch.as_tensor(np.concatenate([p[0] for p in pl]))
-                shape_t = torch.as_tensor(np.concatenate([p[1] for p in pl]))
+                colour_t = torch.as_tensor(np.concatenate([p[0] for p in pl]), device=dev)
+                shape_t = torch.as_tensor(np.concatenate([p[1] for p in pl]), device=dev)
                 loss = loss + cfg.patch_weight * probe.loss(colour_t, shape_t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
