@@ -14,10 +14,10 @@ from vrp.signals.catalog import SIGNALS
 
 
 def table() -> str:
-    lines = ["| column | family | unit | more reliable when | what |", "|---|---|---|---|---|"]
+    lines = ["| column | family | unit | more reliable when | needs | what |", "|---|---|---|---|---|---|"]
     for s in SIGNALS:
         direction = {"higher": "higher", "lower": "lower", "none": "no claim"}[s.direction]
-        lines.append(f"| `{s.name}` | {s.family} | {s.unit} | {direction} | {s.doc} |")
+        lines.append(f"| `{s.name}` | {s.family} | {s.unit} | {direction} | {s.needs} | {s.doc} |")
     return "\n".join(lines)
 
 

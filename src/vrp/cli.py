@@ -316,28 +316,29 @@ def _analyze(run: Path, n_boot: int | None, n_perm: int | None, seed: int) -> No
     """Run the predictor analysis and print its table; None resamples = AnalyzeConfig's default."""
     from vrp.analysis.predictors import AnalyzeConfig
     from vrp.analysis.predictors import analyze as run_analysis
+    from vrp.signals.catalog import NEEDS_NOTE
 
     cfg = AnalyzeConfig(seed=seed, **_given(n_boot=n_boot, n_perm=n_perm))
     with console.status("bootstrapping"):
         summary = run_analysis(run, cfg)
     table = Table(title=f"predictors of correctness on {run}")
-    for col in ("signal", "family", "AUROC [95% CI]", "r", "p", "p (BH)", "AURC", "n"):
-        table.add_column(col, justify="left" if col in ("signal", "family") else "right")
+    for col in ("signal", "family", "needs", "AUROC [95% CI]", "r", "p", "p (BH)", "AURC", "n"):
+        table.add_column(col, justify="left" if col in ("signal", "family", "needs") else "right")
 
     def f(x, fmt=".3f"):
         return "undefined" if x is None or x != x else format(x, fmt)
 
     for r in summary["predictors"]:
         auc = f"{f(r['auroc'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]" if not r["undefined"] else "undefined"
-        table.add_row(r["name"], r["family"], auc, f(r["r"], "+.3f"), f(r["p"], ".4f"), f(r["p_bh"], ".4f"),
-                      f(r["aurc"]), str(r["n"]))  # fmt: skip
+        table.add_row(r["name"], r["family"], r.get("needs", ""), auc, f(r["r"], "+.3f"), f(r["p"], ".4f"),
+                      f(r["p_bh"], ".4f"), f(r["aurc"]), str(r["n"]))  # fmt: skip
     _stdout().print(table)
     undefined = [f"{r['name']}: {r['undefined']}" for r in summary["predictors"] if r["undefined"]]
     if undefined:
         console.print("undefined: " + "; ".join(undefined), soft_wrap=True)
     console.print(
         "AUROC oriented by each signal's documented direction (0.5 = chance); probe rows on the probes' test split. "
-        f"Wrote {run / 'analysis'}",
+        f"{NEEDS_NOTE} Wrote {run / 'analysis'}",
         soft_wrap=True,
     )
 

@@ -76,6 +76,11 @@ def test_predictor_table_values(analyzed):
     probe_n = t.loc["probe_dense", "n"]
     assert probe_n < len(items)  # probe rows are measured on the test split only
     assert 0 <= t.loc["token_confidence", "ece"] <= 1
+    # what each row reads besides the model: every truth margin the gold answer, region signals the gold box
+    assert t.loc["margin_last", "needs"] == "gold answer" and t.loc["attn_region_mass", "needs"] == "gold region"
+    assert t.loc["token_confidence", "needs"] == "" and t.loc["probe_dense", "needs"] == ""
+    margin_rows = [n for n in NAMES if n.startswith("margin_") or n == "mlp_share"]
+    assert (t.loc[margin_rows, "needs"] == "gold answer").all()
 
 
 def test_layer_curves(analyzed):

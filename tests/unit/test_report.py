@@ -27,7 +27,7 @@ from vrp.report.summary import build_summary
 from vrp.runs import storage
 from vrp.runs.pipeline import summarize
 from vrp.runs.rundir import atomic_write_json, items_schema, write_table
-from vrp.signals.catalog import NAMES
+from vrp.signals.catalog import BY_NAME, NAMES
 
 N_LAYERS, GRID = 3, (3, 4)
 EVIL = "<script>alert('x')</script> & \"quotes\""
@@ -239,6 +239,8 @@ def test_undefined_signals_are_shown_with_their_reason(run):
     row = re.search(r"<tr><td>.{0,200}attn_secondary</code>.*?</tr>", body, re.S).group(0)
     assert "undefined" in row and "signal is constant (all 40 scores are 0)" in row
     assert "0.500" not in row
+    margin = re.search(r"<tr><td>.{0,200}margin_last</code>.*?</tr>", body, re.S).group(0)
+    assert "(needs gold answer)" in margin and "needs gold" not in row
     summary = build_summary(data, 6)
     assert summary["undefined_predictors"]["attn_secondary"].startswith("signal is constant")
 
@@ -255,6 +257,7 @@ def test_summary_matches_the_analysis_files(run):
         row = t.set_index("name").loc[r["name"]]
         assert (r["auroc"], r["ci_low"], r["ci_high"], r["p_bh"]) == (row["auroc"], row["ci_low"], row["ci_high"],
                                                                       row["p_bh"])  # fmt: skip
+        assert r["needs"] == BY_NAME[r["name"]].needs
     best = summary["best_probe"]  # chosen on validation (0.9 > 0.7), not on test
     assert best["name"] == "probe_stacked" and best["k"] == 3
     row = t.set_index("name").loc["probe_stacked"]

@@ -4,8 +4,9 @@ Reads a run directory (and the probes of ``vrp probe`` when present) and writes
 ``RUN_DIR/analysis/``:
 
     predictors.parquet   one row per signal (the shape of the paper's Table 6): name, family,
-                         direction, auroc, ci_low, ci_high, p (permutation), p_bonferroni,
-                         p_bh, r, r_ci_low, r_ci_high, aurc, ece, n, undefined
+                         direction, needs (what it reads besides the model: "gold answer",
+                         "gold region" or ""), auroc, ci_low, ci_high, p (permutation),
+                         p_bonferroni, p_bh, r, r_ci_low, r_ci_high, aurc, ece, n, undefined
     layers.parquet       per layer: probe AUROC (dense / sparse, validation and test), truth
                          margin of correct vs wrong items (mean and 95% bootstrap CI), and
                          the AUROC of each structural curve at that layer
@@ -52,7 +53,9 @@ class AnalyzeConfig:
     ece_bins: int = 15
 
 
-def _row(name: str, family: str, direction: str, doc: str, score: np.ndarray, y: np.ndarray, cfg) -> dict:
+def _row(
+    name: str, family: str, direction: str, doc: str, score: np.ndarray, y: np.ndarray, cfg, needs: str = ""
+) -> dict:
     from vrp.stats.association import point_biserial
     from vrp.stats.auroc import auroc_ci
     from vrp.stats.selective import calibration, risk_coverage
@@ -70,7 +73,7 @@ def _row(name: str, family: str, direction: str, doc: str, score: np.ndarray, y:
         cal = calibration(score[finite], y[finite], n_bins=cfg.ece_bins)
         ece = cal.ece
     return {
-        "name": name, "family": family, "direction": direction, "what": doc,
+        "name": name, "family": family, "direction": direction, "what": doc, "needs": needs,
         "auroc": auc, "ci_low": lo, "ci_high": hi, "p": a.p_value,
         "r": r.r, "r_ci_low": r.ci_low, "r_ci_high": r.ci_high, "aurc": rc.aurc, "ece": ece,
         "n": int(finite.sum()), "undefined": a.undefined or "",
@@ -84,7 +87,10 @@ def predictor_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table
     cfg = cfg or AnalyzeConfig()
     df = pq.read_table(run_dir / "items.parquet").to_pandas()
     y = df["correct"].to_numpy().astype(np.int64)
-    rows = [_row(s.name, s.family, s.direction, s.doc, df[s.name].to_numpy(dtype=np.float64), y, cfg) for s in SIGNALS]
+    rows = [
+        _row(s.name, s.family, s.direction, s.doc, df[s.name].to_numpy(dtype=np.float64), y, cfg, s.needs)
+        for s in SIGNALS
+    ]
     preds_path = run_dir / "probes" / "predictions.parquet"
     if preds_path.is_file():
         preds = pq.read_table(preds_path).to_pandas()

@@ -109,9 +109,11 @@ def predictors_section(run: RunData) -> Section:
         "Benjamini-Hochberg). r is the point-biserial correlation with its CI. AURC is the area under the "
         "risk-coverage curve (lower is better); ECE the calibration error of probability-valued signals. Probe "
         "rows are measured on the probes' held-out test split only (their n says so). A signal that is constant "
-        "or has one class is <em>undefined</em>, with the reason, never a fake 0.5. Note: the last-layer truth margin "
-        "is the model's own first-token decision, so for one-token answers its AUROC is near 1 by construction; "
-        "the earlier layers (next section) are the informative part."
+        "or has one class is <em>undefined</em>, with the reason, never a fake 0.5. Rows marked <em>needs gold "
+        "answer</em> or <em>needs gold region</em> read the annotation besides the model: diagnostics, not something "
+        "a deployed monitor can compute. The last-layer truth margin is the model's own first-token decision, so "
+        "for one-token answers its AUROC is 1 by construction; the earlier layers (next section) are the "
+        "informative part."
     )
     if t is None:
         return Section("predictors", "Predictors of correctness",
@@ -125,7 +127,8 @@ def predictors_section(run: RunData) -> Section:
     for _, r in t.iterrows():
         dot = f"<span style='color:{_family_color(r['family'])}' title='{esc(r['family'])}'>&#9679;</span>"
         what = str(r.get("what", "")).replace("`", "")
-        name = f"{dot} {code(r['name'])}<span class='what'>{esc(r['family'])}: {esc(what)}</span>"
+        needs = f" (needs {esc(r['needs'])})" if r.get("needs") else ""
+        name = f"{dot} {code(r['name'])}<span class='what'>{esc(r['family'])}: {esc(what)}{needs}</span>"
         if r["undefined"]:
             rows.append([name + f"<span class='reason'>{esc(r['undefined'])}</span>", esc(arrow.get(r["direction"], r["direction"])),
                          undefined(r["undefined"]), undefined(r["undefined"]), "", "", "", "", "",

@@ -12,7 +12,9 @@ Keys (NaN is written as ``null``; a part the run lacks is ``null`` and named in 
     accuracy            {"overall": {n, correct, accuracy, ci95: [lo, hi]}, "by_task": {task: same}}
                         (95% Wilson intervals)
     top_predictors      up to 5 defined non-probe rows of analysis/predictors.parquet with the highest
-                        oriented AUROC: [{name, family, direction, auroc, ci_low, ci_high, p, p_bh, n}]
+                        oriented AUROC: [{name, family, direction, needs, auroc, ci_low, ci_high, p, p_bh, n}]
+                        (needs: "gold answer" / "gold region" for diagnostics a deployed monitor
+                        cannot compute, else "")
     undefined_predictors {name: reason} of the predictor rows that are undefined
     best_probe          the probe with the highest validation AUROC (probes/summary.json), with its test
                         AUROC and 95% CI: {name, val_auroc, test_auroc, ci_low, ci_high, n_test, source}
@@ -70,7 +72,7 @@ def top_predictors(run: RunData, k: int = N_TOP) -> list[dict] | None:
         return None
     d = t[(t["undefined"] == "") & (t["family"] != "probe")].sort_values("auroc", ascending=False).head(k)
     keys = ("name", "family", "direction", "auroc", "ci_low", "ci_high", "p", "p_bh", "n")
-    return [{key: r[key] for key in keys} for _, r in d.iterrows()]
+    return [{**{key: r[key] for key in keys}, "needs": r.get("needs", "") or ""} for _, r in d.iterrows()]
 
 
 def best_probe(run: RunData) -> dict | None:

@@ -5,11 +5,18 @@ two cannot disagree (``python scripts/signal_table.py --readme``).
 Direction says which way is *more reliable* in the method's hypothesis ("higher", "lower")
 or "none" where the spec makes no claim; whether the hypothesis holds on a model is what
 ``vrp`` measures, not what it assumes.
+
+``needs`` names what a signal reads besides the model and the question: "gold answer" (the
+logit-lens truth margins compare the gold answer's logit with the best other token's) or
+"gold region" (the annotated box of the queried object). A monitor at deployment has
+neither, so those rows are diagnostics, not deployable predictors. For one-token answers
+the sign of the last-layer margin *is* the greedy answer's correctness, so ``margin_last``
+separates correct from wrong perfectly by construction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -19,6 +26,7 @@ class Signal:
     unit: str
     direction: str  # higher | lower | none
     doc: str
+    needs: str = ""  # "" | "gold answer" | "gold region": what it reads besides the model
 
 
 _STRUCT_LAST = "at the last decoder layer; `_mean` = mean over layers"
@@ -65,5 +73,19 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("first_step_entropy", "behavioral", "nats", "lower", "entropy of the first answer step's distribution"),
 )
 
+_NEEDS = {
+    **dict.fromkeys(("margin_last", "margin_peak", "margin_peak_layer", "margin_positive_from", "mlp_share"), "gold answer"),
+    **dict.fromkeys(
+        ("attn_region_mass", "attn_region_mass_mean", "attn_region_ratio", "attn_region_ratio_mean", "attn_pointing_hit",
+         "attn_pointing_hit_mean"),
+        "gold region",
+    ),
+}  # fmt: skip
+SIGNALS = tuple(replace(s, needs=_NEEDS.get(s.name, "")) for s in SIGNALS)
 NAMES: tuple[str, ...] = tuple(s.name for s in SIGNALS)
 BY_NAME: dict[str, Signal] = {s.name: s for s in SIGNALS}
+NEEDS_NOTE = (
+    "needs: what a signal reads besides the model (a deployed monitor has neither gold answers nor gold regions); "
+    "for one-token answers the sign of margin_last is the greedy answer's correctness, so its AUROC is 1 by "
+    "construction."
+)
