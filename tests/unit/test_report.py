@@ -245,6 +245,19 @@ def test_undefined_signals_are_shown_with_their_reason(run):
     assert summary["undefined_predictors"]["attn_secondary"].startswith("signal is constant")
 
 
+def test_a_predictor_table_from_before_the_needs_column_gets_it_from_the_catalog(run):
+    add_analysis(run)
+    path = run / "analysis" / "predictors.parquet"
+    t = pq.read_table(path)
+    pq.write_table(t.drop(["needs"]), path)
+    data = load_run(run)
+    assert dict(zip(data.predictors["name"], data.predictors["needs"], strict=True)) == dict(
+        zip(t["name"].to_pylist(), t["needs"].to_pylist(), strict=True)
+    )
+    top = build_summary(data, 6)["top_predictors"]
+    assert [r["needs"] for r in top] == [BY_NAME[r["name"]].needs for r in top]
+
+
 def test_summary_matches_the_analysis_files(run):
     add_probes(run)
     add_analysis(run)

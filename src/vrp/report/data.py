@@ -57,6 +57,17 @@ def _parquet(path: Path) -> pd.DataFrame | None:
     return pq.read_table(path).to_pandas() if path.is_file() else None
 
 
+def _predictors(path: Path) -> pd.DataFrame | None:
+    """analysis/predictors.parquet; a table written before the ``needs`` column existed gets it
+    from the signal catalog (probe rows and unknown names: "")."""
+    from vrp.signals.catalog import BY_NAME
+
+    t = _parquet(path)
+    if t is not None and "needs" not in t:
+        t["needs"] = [BY_NAME[n].needs if n in BY_NAME else "" for n in t["name"]]
+    return t
+
+
 def load_run(run_dir: Path) -> RunData:
     """Read a run directory; raises FileNotFoundError when it holds no finished run."""
     run_dir = Path(run_dir)
@@ -74,7 +85,7 @@ def load_run(run_dir: Path) -> RunData:
         failures=failures,
         probes=_json(run_dir / "probes" / "summary.json"),
         predictions=_parquet(run_dir / "probes" / "predictions.parquet"),
-        predictors=_parquet(run_dir / "analysis" / "predictors.parquet"),
+        predictors=_predictors(run_dir / "analysis" / "predictors.parquet"),
         layers=_parquet(run_dir / "analysis" / "layers.parquet"),
         analysis=_json(run_dir / "analysis" / "summary.json"),
         effects=_parquet(inter / "effects.parquet"),

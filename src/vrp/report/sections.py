@@ -112,8 +112,9 @@ def predictors_section(run: RunData) -> Section:
         "or has one class is <em>undefined</em>, with the reason, never a fake 0.5. Rows marked <em>needs gold "
         "answer</em> or <em>needs gold region</em> read the annotation besides the model: diagnostics, not something "
         "a deployed monitor can compute. The last-layer truth margin is the model's own first-token decision, so "
-        "for one-token answers its AUROC is 1 by construction; the earlier layers (next section) are the "
-        "informative part."
+        "with one-token answers and exact-match scoring margin_last and margin_positive_from have AUROC 1 by "
+        "construction; the earlier layers (next section) are the informative part, and they too need the gold "
+        "answer."
     )
     if t is None:
         return Section("predictors", "Predictors of correctness",
@@ -127,7 +128,7 @@ def predictors_section(run: RunData) -> Section:
     for _, r in t.iterrows():
         dot = f"<span style='color:{_family_color(r['family'])}' title='{esc(r['family'])}'>&#9679;</span>"
         what = str(r.get("what", "")).replace("`", "")
-        needs = f" (needs {esc(r['needs'])})" if r.get("needs") else ""
+        needs = f" (needs {esc(r['needs'])})" if r["needs"] else ""
         name = f"{dot} {code(r['name'])}<span class='what'>{esc(r['family'])}: {esc(what)}{needs}</span>"
         if r["undefined"]:
             rows.append([name + f"<span class='reason'>{esc(r['undefined'])}</span>", esc(arrow.get(r["direction"], r["direction"])),

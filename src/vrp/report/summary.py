@@ -71,8 +71,8 @@ def top_predictors(run: RunData, k: int = N_TOP) -> list[dict] | None:
     if t is None:
         return None
     d = t[(t["undefined"] == "") & (t["family"] != "probe")].sort_values("auroc", ascending=False).head(k)
-    keys = ("name", "family", "direction", "auroc", "ci_low", "ci_high", "p", "p_bh", "n")
-    return [{**{key: r[key] for key in keys}, "needs": r.get("needs", "") or ""} for _, r in d.iterrows()]
+    keys = ("name", "family", "direction", "needs", "auroc", "ci_low", "ci_high", "p", "p_bh", "n")
+    return [{key: r[key] for key in keys} for _, r in d.iterrows()]
 
 
 def best_probe(run: RunData) -> dict | None:

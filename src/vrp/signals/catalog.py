@@ -85,7 +85,9 @@ SIGNALS = tuple(replace(s, needs=_NEEDS.get(s.name, "")) for s in SIGNALS)
 NAMES: tuple[str, ...] = tuple(s.name for s in SIGNALS)
 BY_NAME: dict[str, Signal] = {s.name: s for s in SIGNALS}
 NEEDS_NOTE = (
-    "needs: what a signal reads besides the model (a deployed monitor has neither gold answers nor gold regions); "
-    "for one-token answers the sign of margin_last is the greedy answer's correctness, so its AUROC is 1 by "
-    "construction."
+    "needs: what a signal reads besides the model (a deployed monitor has neither gold answers nor gold regions). "
+    "With one-token answers and exact-match scoring, margin_last > 0 exactly when the greedy answer is correct, so "
+    "margin_last and margin_positive_from have AUROC 1 by construction."
 )
+if set(_NEEDS) - set(NAMES):
+    raise ValueError(f"_NEEDS names unknown signals: {sorted(set(_NEEDS) - set(NAMES))}")
