@@ -1,10 +1,14 @@
 """Train several variants of a toy recipe side by side and log each one's held-out curve.
 
 Each variant is the shipped recipe (``vrp.world.recipes``) with some ``TrainConfig`` fields
-overridden; every variant runs in its own process (one torch thread each) and appends each
-evaluation record to ``OUT/<arch>-<name>.jsonl`` as it happens, so a sweep cut short
-still leaves every curve so far. Used to look for faster-learning recipes, on a lent GPU
-(``--device cuda``) or on CPU.
+overridden; variants run in a pool of ``--jobs`` worker processes (one torch thread each).
+Each appends to ``OUT/<arch>-<name>.jsonl`` as it goes, every line tagged with its run
+name: a header with the overrides and the full resolved configuration, one record per
+evaluation, and the step kept; so a sweep cut short still leaves every curve so far, and
+the files can be concatenated into one JSONL log. A variant that fails is reported and the
+others go on. Used to look for faster-learning recipes, on a lent GPU (``--device cuda``;
+run CUDA MPS, ``nvidia-cuda-mps-control -d``, so that the processes share the GPU instead
+of time-slicing it) or on CPU.
 
     python scripts/recipe_sweep.py --arch qwen2vl --steps 3000 --out runs/sweep \\
         --variants '{"base": {}, "lr4": {"lr": 0.004}}' --device cuda --jobs 8
@@ -16,7 +20,7 @@ import argparse
 import json
 import multiprocessing as mp
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 
@@ -29,17 +33,23 @@ def _run(arch: str, name: str, overrides: dict, steps: int, out: str, device: st
         if key in overrides:
             overrides[key] = tuple(overrides[key])
     cfg = replace(cfg, **overrides)
-    path = Path(out) / f"{arch}-{name}.jsonl"
-    path.write_text(json.dumps({"config": overrides, "steps": steps, "device": device}) + "\n")
+    run = f"{arch}-{name}"
+    path = Path(out) / f"{run}.jsonl"
+
+    def write(rec: dict, mode: str = "a") -> None:
+        with path.open(mode) as f:
+            f.write(json.dumps({"run": run, **rec}) + "\n")
+
+    write({"overrides": overrides, "device": device, "config": asdict(cfg), "world": wcfg.to_dict()}, "w")
     t0 = time.time()
-
-    def progress(rec: dict) -> None:
-        with path.open("a") as f:
-            f.write(json.dumps({**rec, "wall": round(time.time() - t0, 1)}) + "\n")
-
-    log = train(cfg, Path(out) / f"{arch}-{name}", wcfg, progress=progress, device=device)
-    with path.open("a") as f:
-        f.write(json.dumps({"chosen": log["chosen"]}) + "\n")
+    log = train(
+        cfg,
+        Path(out) / run,
+        wcfg,
+        progress=lambda rec: write({**rec, "wall": round(time.time() - t0, 1)}),
+        device=device,
+    )
+    write({"chosen": log["chosen"]})
     return name
 
 
@@ -59,8 +69,14 @@ def main() -> None:
         jobs = [
             pool.apply_async(_run, (args.arch, n, o, args.steps, args.out, args.device)) for n, o in variants.items()
         ]
-        for j in jobs:
-            print("done", j.get(), flush=True)
+        failed = 0
+        for name, j in zip(variants, jobs, strict=True):
+            try:
+                print("done", j.get(), flush=True)
+            except Exception as e:  # one bad variant (a typo in an override, say) must not stop the others
+                failed += 1
+                print(f"FAILED {name}: {type(e).__name__}: {e}", flush=True)
+    raise SystemExit(1 if failed else 0)
 
 
 if __name__ == "__main__":
