@@ -1,4 +1,4 @@
-"""Train a toy VLM from random init on ShapesWorld, on CPU, seeded.
+"""Train a toy VLM from random init on ShapesWorld, seeded (on CPU by default).
 
 The recipe (what made all three families learn; see README "Toy models"):
 
@@ -168,10 +168,11 @@ class PatchProbe:
     def _hook(self, module, args, output):
         self.feats = output
 
-    def to(self, device) -> None:
+    def to(self, device) -> PatchProbe:
         for head in (self.colour, self.shape, self.row, self.col):
             if head is not None:
                 head.to(device)
+        return self
 
     def parameters(self):
         heads = (self.colour, self.shape, self.row, self.col)
@@ -502,9 +503,12 @@ def train(
                 if ex is not None:
                     batch.append(ex)
             images = [render(sc, wcfg) for sc, _ in batch]
-            enc, labels = encode_batch(adapter, images, [q.question for _, q in batch], [q.answer for _, q in batch])
-            enc = {k: v.to(dev) if hasattr(v, "to") else v for k, v in enc.items()}
-            labels = labels.to(dev)
+            enc_host, labels_host = encode_batch(
+                adapter, images, [q.question for _, q in batch], [q.answer for _, q in batch]
+            )
+            # the model's inputs on its device; grids and supervision targets from the host copies (no GPU syncs)
+            enc = {k: v.to(dev) if hasattr(v, "to") else v for k, v in enc_host.items()}
+            labels = labels_host.to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             with recording(sup) if sup is not None else nullcontext():
@@ -512,7 +516,7 @@ def train(
             need_counts = probe is not None or sup is not None
             counts = [object_patch_counts(sc, grid) for sc, _ in batch] if need_counts else None
             if sup is not None:
-                la = sup.loss(batch, counts, labels, adapter.image_grids(enc))
+                la = sup.loss(batch, counts, labels_host, adapter.image_grids(enc_host))
                 sup.qk = None
                 if la is not None:
                     loss = loss + cfg.attn_sup_weight * la
