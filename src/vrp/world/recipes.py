@@ -5,9 +5,15 @@ the first 40% of steps, per-patch colour/shape/row/column auxiliary heads, learn
 position embeddings initialised at s.d. 1.0, object quadrants in the describe captions, and
 attention supervision (decoder layer 2, heads 0/1 onto the named objects of position,
 spatial and attribute questions: what made spatial relations learnable, see
-docs/experiments/2026-11-22-toy-spatial). Only the number of steps differs by architecture
-(``STEPS``: where each family's held-out accuracies reach the target band; see README "Toy
-models").
+docs/experiments/2026-11-22-toy-spatial).
+
+What differs by architecture (``FAMILY``): the number of steps (where each family's held-out
+accuracies reach the target band), and for toy-paligemma a faster variant that also
+supervises existence and counting attention and samples spatial questions at 4.5 instead
+of 3. That variant reached the band in 4,000 steps instead of 6,000 for PaliGemma; for
+LLaVA and Qwen2-VL it did not reach it in 4,000 and 5,000 steps (spatial relations lagged,
+and Qwen2-VL's existence passed the 90% ceiling first), so they keep the base recipe. See
+docs/experiments/2026-11-22-toy-speed and README "Toy models".
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ TASK_WEIGHTS = {
     "spatial": 3.0,
     "attribute": 2.0,
 }
-STEPS = {"llava": 3500, "paligemma": 6000, "qwen2vl": 10000}
 RECIPE = TrainConfig(
     curriculum=0.4,
     task_weights=TASK_WEIGHTS,
@@ -36,7 +41,17 @@ RECIPE = TrainConfig(
     attn_sup_weight=1.0,
     attn_sup_layer=2,
 )
-RECIPES: dict[str, TrainConfig] = {arch: replace(RECIPE, arch=arch, steps=n) for arch, n in STEPS.items()}
+FAST_VARIANT = {  # supervise existence and counting attention too; more spatial questions
+    "task_weights": {**TASK_WEIGHTS, "spatial": 4.5},
+    "attn_sup_tasks": (*RECIPE.attn_sup_tasks, "existence", "counting"),
+}
+FAMILY: dict[str, dict] = {
+    "llava": {"steps": 3500},
+    "paligemma": {"steps": 4000, **FAST_VARIANT},
+    "qwen2vl": {"steps": 10000},
+}
+RECIPES: dict[str, TrainConfig] = {arch: replace(RECIPE, arch=arch, **o) for arch, o in FAMILY.items()}
+STEPS = {arch: cfg.steps for arch, cfg in RECIPES.items()}
 WORLD = WorldConfig()
 
 
