@@ -330,7 +330,7 @@ def _analyze(run: Path, n_boot: int | None, n_perm: int | None, seed: int) -> No
 
     for r in summary["predictors"]:
         auc = f"{f(r['auroc'])} [{f(r['ci_low'])}, {f(r['ci_high'])}]" if not r["undefined"] else "undefined"
-        table.add_row(r["name"], r["family"], r.get("needs", ""), auc, f(r["r"], "+.3f"), f(r["p"], ".4f"),
+        table.add_row(r["name"], r["family"], r["needs"], auc, f(r["r"], "+.3f"), f(r["p"], ".4f"),
                       f(r["p_bh"], ".4f"), f(r["aurc"]), str(r["n"]))  # fmt: skip
     _stdout().print(table)
     undefined = [f"{r['name']}: {r['undefined']}" for r in summary["predictors"] if r["undefined"]]

@@ -275,7 +275,10 @@ class ModelAdapter:
 
     def model_inputs(self, images: list, prompts: list[str]) -> dict:
         """:meth:`encode` left-padded (for generation), tensors moved to the model's device."""
-        enc = self.encode(images, prompts, padding_side="left")
+        return self.on_model_device(self.encode(images, prompts, padding_side="left"))
+
+    def on_model_device(self, enc: dict) -> dict:
+        """``enc`` with its tensors moved to the model's device (other values kept)."""
         return {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in enc.items()}
 
 

@@ -507,7 +507,7 @@ def train(
                 adapter, images, [q.question for _, q in batch], [q.answer for _, q in batch]
             )
             # the model's inputs on its device; grids and supervision targets from the host copies (no GPU syncs)
-            enc = {k: v.to(dev) if hasattr(v, "to") else v for k, v in enc_host.items()}
+            enc = adapter.on_model_device(enc_host)
             labels = labels_host.to(dev)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
