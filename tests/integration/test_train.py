@@ -70,6 +70,22 @@ def test_curriculum_caps_objects_then_releases():
     assert curriculum_world(w, 50, cfg) is w
 
 
+def test_truncated_schedule_replays_the_first_steps_of_the_full_run(tmp_path):
+    """``schedule_steps`` lays the learning rate and the curriculum out over the longer run, so
+    stopping after ``steps`` gives exactly that run's first ``steps`` (the shipped toy-qwen2vl)."""
+    base = TrainConfig(arch="llava", batch_size=4, eval_every=2, eval_images=4, warmup=1, threads=1, curriculum=0.5)
+    full = train(replace(base, steps=8), tmp_path / "full")["evals"]
+    cut = train(replace(base, steps=4, schedule_steps=8), tmp_path / "cut")["evals"]
+    own = train(replace(base, steps=4), tmp_path / "own")["evals"]
+    assert [(e["step"], e["loss"], e["acc"]) for e in cut] == [(e["step"], e["loss"], e["acc"]) for e in full[:2]]
+    assert [e["loss"] for e in own] != [e["loss"] for e in cut]  # its own schedule: other lr and curriculum
+    w = WorldConfig(max_objects=5)
+    assert curriculum_world(w, 3, replace(base, steps=4, schedule_steps=8)).max_objects == 4  # 2 + 3 * 3 / 4
+    assert curriculum_world(w, 3, replace(base, steps=4)) is w
+    with pytest.raises(ValueError, match="schedule_steps"):
+        TrainConfig(steps=10, schedule_steps=5)
+
+
 def test_short_training_is_seeded_saves_loadable_model_and_reaches_vision_tower(tmp_path):
     cfg = TrainConfig(arch="llava", steps=6, batch_size=4, eval_every=3, eval_images=4, warmup=2, threads=1)
     logs = [train(cfg, tmp_path / f"m{k}") for k in range(2)]

@@ -245,6 +245,31 @@ def test_undefined_signals_are_shown_with_their_reason(run):
     assert summary["undefined_predictors"]["attn_secondary"].startswith("signal is constant")
 
 
+def test_gold_reading_signals_are_marked_in_the_forest_plot_and_per_layer_figure(run, monkeypatch):
+    from vrp.report import layers
+
+    add_analysis(run)
+    data = load_run(run)
+    drawn = {}
+
+    def record(title, rows):
+        drawn[title] = rows
+        return b""
+
+    monkeypatch.setattr(F, "interval_plot", lambda rows, *a, **k: record("forest", rows))
+    monkeypatch.setattr(F, "band_plot", lambda x, bands, title, *a, **k: record(title, bands))
+    monkeypatch.setattr(layers, "img", lambda png, alt: "")
+    monkeypatch.setattr("vrp.report.sections.img", lambda png, alt: "")
+    predictors_section(data)
+    layers.layers_section(data, n_boot=50)
+    labels = {r.label.removesuffix(" [gold]"): r.label.endswith(" [gold]") for r in drawn["forest"]}
+    assert labels and labels == {n: bool(BY_NAME[n].needs) for n in labels}
+    assert any(labels.values()) and not all(labels.values())
+    per_layer = [b.label for b in drawn["AUROC per layer of single signals"]]
+    assert "margin [gold answer]" in per_layer and "attn_entropy" in per_layer
+    assert all("gold" not in b for b in per_layer if not b.startswith(("margin", "attn_region_ratio")))
+
+
 def test_a_predictor_table_from_before_the_needs_column_gets_it_from_the_catalog(run):
     add_analysis(run)
     path = run / "analysis" / "predictors.parquet"

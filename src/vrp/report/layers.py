@@ -10,6 +10,8 @@ from vrp.report.data import RunData
 from vrp.report.html import Section, esc, howto, img, missing
 
 AXIS_LABEL = {"residual": "residual layer (0 = embeddings)", "block": "decoder block"}
+# Per-layer curves that read the annotation besides the model (cf. ``needs`` in vrp.signals.catalog).
+GOLD = {"margin": " [gold answer]", "attn_region_ratio": " [gold region]"}
 
 
 def _split_figure(s: Split, title: str, ylabel: str, hline: float | None = None) -> bytes:
@@ -59,12 +61,14 @@ def _layer_auroc_figure(run: RunData) -> str:
     x = lt["residual_layer"].to_numpy()
     names = [c for c in ("margin_auroc", "attn_entropy_auroc", "attn_peakiness_auroc", "attn_region_ratio_auroc",
                          "attn_image_mass_auroc") if c in lt]  # fmt: skip
-    bands = [F.Band(c.removesuffix("_auroc"), lt[c].to_numpy(np.float64)) for c in names]
+    bands = [F.Band(c.removesuffix("_auroc") + GOLD.get(c.removesuffix("_auroc"), ""), lt[c].to_numpy(np.float64))
+             for c in names]  # fmt: skip
     png = F.band_plot(x, bands, "AUROC per layer of single signals", AXIS_LABEL["residual"], "AUROC (oriented)",
                       hline=0.5)  # fmt: skip
     cap = ("From analysis/layers.parquet: the truth margin read at each residual layer, and each structural curve "
            "of decoder block k plotted at residual layer k + 1 (the residual that block writes). Gaps: undefined "
-           "(a constant curve at that layer).")  # fmt: skip
+           "(a constant curve at that layer). [gold answer] / [gold region]: the curve reads the annotation "
+           "besides the model (a diagnostic, not available to a deployed monitor).")  # fmt: skip
     return _figure(png, "per-layer AUROC of single signals", cap)
 
 
@@ -86,7 +90,8 @@ def layers_section(run: RunData, n_boot: int = 2000) -> Section:
         figs.append("<figure><p class='missing'>No truth-margin curve is stored in this run's shards.</p></figure>")
     else:
         figs.append(_figure(_split_figure(ms, "Truth margin, correct vs wrong", "margin (logits)", hline=0.0),
-                            "truth margin per layer", f"Mean and 95% CI from {esc(ms.source)}."))  # fmt: skip
+                            "truth margin per layer", f"Mean and 95% CI from {esc(ms.source)}. Reads the gold "
+                            "answer: a diagnostic, not available to a deployed monitor."))  # fmt: skip
     for key, title, ylabel, hline in (
         ("curve.attn_entropy", "Spatial entropy H_s, correct vs wrong", "H_s (nats)", None),
         ("curve.attn_entropy_delta", "Delta H_s (change from previous block)", "Delta H_s (nats)", 0.0),
@@ -104,7 +109,8 @@ def layers_section(run: RunData, n_boot: int = 2000) -> Section:
             _split_figure(s, "MLP share of the margin written per block", "|MLP| / (|attn| + |MLP|)", hline=0.5),
             "MLP share per block",
             "Each block's attention and MLP writes projected on the readout direction (gold minus rival at the "
-            f"last layer); mean over items with 95% CI from {esc(s.source)}. The per-item column "
+            f"last layer, so it reads the gold answer); mean over items with 95% CI from {esc(s.source)}. The "
+            "per-item column "
             "<code>mlp_share</code> of the predictor table is the MLP share of all positive growth.",
         ))  # fmt: skip
     extra = _layer_auroc_figure(run)

@@ -145,7 +145,8 @@ def predictors_section(run: RunData) -> Section:
         "computed for probability-valued signals).</p>" if n_boot else ""  # fmt: skip
     defined = t[t["_defined"]]
     forest = F.interval_plot(
-        [F.Interval(r["name"], r["auroc"], r["ci_low"], r["ci_high"], _family_color(r["family"]),
+        [F.Interval(r["name"] + (" [gold]" if r["needs"] else ""), r["auroc"], r["ci_low"], r["ci_high"],
+                    _family_color(r["family"]),
                     hollow=r["direction"] == "none") for _, r in defined.iterrows()],
         ref=0.5, xlabel="AUROC (oriented; 0.5 = chance) with 95% CI", title="Predictors of correctness",
     )  # fmt: skip
@@ -157,7 +158,8 @@ def predictors_section(run: RunData) -> Section:
                  "n"], rows, cls="pred", num_cols=(2, 3, 4, 5, 6, 7, 8, 9))
         + note
         + "<h3>Forest plot</h3>"
-        + f"<p class='small'>{legend}; hollow markers: no documented direction. "
+        + f"<p class='small'>{legend}; hollow markers: no documented direction; [gold]: the signal reads the gold "
+        "answer or gold region (a diagnostic, not available to a deployed monitor). "
         + (f"{n_undef} undefined signal(s) are not drawn (see the table).</p>" if n_undef else "</p>")
         + img(forest, "forest plot of AUROC with 95% CI per signal")
     )  # fmt: skip

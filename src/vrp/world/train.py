@@ -10,7 +10,9 @@ The recipe (what made all three families learn; see README "Toy models"):
   without which tiny decoders do not learn to bind the named object (spatial relations
   stayed at chance);
 - AdamW (betas 0.9/0.98), linear warmup then cosine decay to 0.1x, weight decay on
-  weight matrices only, gradient clipping at 1.0;
+  weight matrices only, gradient clipping at 1.0; the schedule and the object-count
+  curriculum span ``steps``, or ``schedule_steps`` when a run is to stop before the end of
+  its schedule;
 - held-out evaluation every ``eval_every`` steps, and the checkpoint kept is the one
   whose per-task accuracies sit best inside the target band (imperfect on purpose).
 
@@ -54,6 +56,9 @@ class TrainConfig:
     arch: str = "llava"
     seed: int = 0
     steps: int = 6000
+    # > 0: the learning-rate schedule and the curriculum are laid out over this many steps and
+    # training stops after ``steps`` (a truncated schedule: the first ``steps`` of a longer run)
+    schedule_steps: int = 0
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 200
@@ -70,7 +75,7 @@ class TrainConfig:
     attn_sup_weight: float = 0.0  # > 0: supervise decoder attention onto the named object(s); see AttentionSupervisor
     attn_sup_layer: int = 2  # the decoder layer whose heads 0 and 1 are supervised
     attn_sup_tasks: tuple[str, ...] = ("position", "spatial", "attribute")
-    curriculum: float = 0.4  # fraction of steps over which max objects rises from 2 to the world's
+    curriculum: float = 0.4  # fraction of the schedule over which max objects rises from 2 to the world's
     task_weights: dict = field(
         default_factory=lambda: {
             "describe": 1.0,
@@ -82,6 +87,15 @@ class TrainConfig:
             "attribute": 1.5,
         }
     )
+
+    def __post_init__(self):
+        if self.schedule_steps and self.schedule_steps < self.steps:
+            raise ValueError(f"schedule_steps ({self.schedule_steps}) must be 0 or at least steps ({self.steps})")
+
+    @property
+    def horizon(self) -> int:
+        """The number of steps the learning-rate schedule and the curriculum are laid out over."""
+        return self.schedule_steps or self.steps
 
 
 def position_question(scene: Scene, rng: np.random.Generator) -> Question | None:
@@ -408,7 +422,7 @@ def curriculum_world(wcfg: WorldConfig, step: int, cfg: TrainConfig) -> WorldCon
     """Scenes start with at most 2 objects; the cap rises to the world's over ``curriculum``."""
     from dataclasses import replace
 
-    span = cfg.curriculum * cfg.steps
+    span = cfg.curriculum * cfg.horizon
     if span <= 0 or step >= span:
         return wcfg
     cap = 2 + (wcfg.max_objects - 2) * step / span
@@ -471,7 +485,7 @@ def train(
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
             return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        t = (step - cfg.warmup) / max(1, cfg.horizon - cfg.warmup)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
     grid = wcfg.image_size // cfg.patch
