@@ -1,7 +1,8 @@
 """Train several variants of a toy recipe side by side and log each one's held-out curve.
 
 Each variant is the shipped recipe (``vrp.world.recipes``) with some ``TrainConfig`` fields
-overridden; variants run in a pool of ``--jobs`` worker processes (one torch thread each).
+overridden, trained on a schedule of its own over ``--steps`` (override ``schedule_steps``
+to stop a longer schedule early instead); variants run in a pool of ``--jobs`` worker processes (one torch thread each).
 Each appends to ``OUT/<arch>-<name>.jsonl`` as it goes, every line tagged with its run
 name: a header with the overrides and the full resolved configuration, one record per
 evaluation, and the step kept; so a sweep cut short still leaves every curve so far, and
@@ -29,6 +30,7 @@ def _run(arch: str, name: str, overrides: dict, steps: int, out: str, device: st
     from vrp.world.train import train
 
     cfg, wcfg = recipe_for(arch, steps=steps, threads=1)
+    cfg = replace(cfg, schedule_steps=0)  # each variant's schedule spans --steps unless it overrides this
     for key in ("attn_sup_tasks", "band"):
         if key in overrides:
             overrides[key] = tuple(overrides[key])

@@ -381,7 +381,11 @@ def world_generate(
 def world_train(
     arch: str = typer.Option(..., help="llava, paligemma or qwen2vl."),
     out: Path = typer.Option(..., help="Folder to save the trained model and processor."),
-    steps: int = typer.Option(None, help="Training steps (default: the recipe's for this arch)."),
+    steps: int = typer.Option(
+        None,
+        help="Training steps (default: the recipe's for this arch). Fewer than the recipe's schedule stop "
+        "that schedule early; more stretch the schedule to this length.",
+    ),
     seed: int = typer.Option(0, help="Seed of initialisation and data."),
     threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
     evaluate: bool = typer.Option(True, help="Measure greedy accuracy on held-out images and write eval.json."),

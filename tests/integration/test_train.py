@@ -86,6 +86,18 @@ def test_truncated_schedule_replays_the_first_steps_of_the_full_run(tmp_path):
         TrainConfig(steps=10, schedule_steps=5)
 
 
+def test_a_step_count_stops_the_recipes_schedule_early_or_stretches_it():
+    from vrp.world.recipes import RECIPES, recipe_for
+
+    assert recipe_for("qwen2vl")[0] == RECIPES["qwen2vl"]
+    assert RECIPES["qwen2vl"].horizon > RECIPES["qwen2vl"].steps  # the shipped toy-qwen2vl stops early
+    for arch, recipe in RECIPES.items():
+        short, long = recipe_for(arch, steps=500)[0], recipe_for(arch, steps=recipe.horizon + 100)[0]
+        assert (short.steps, short.horizon) == (500, recipe.horizon)
+        assert (long.steps, long.horizon, long.schedule_steps) == (recipe.horizon + 100, recipe.horizon + 100, 0)
+        assert replace(short, steps=recipe.steps, schedule_steps=recipe.schedule_steps) == recipe
+
+
 def test_short_training_is_seeded_saves_loadable_model_and_reaches_vision_tower(tmp_path):
     cfg = TrainConfig(arch="llava", steps=6, batch_size=4, eval_every=3, eval_images=4, warmup=2, threads=1)
     logs = [train(cfg, tmp_path / f"m{k}") for k in range(2)]

@@ -63,8 +63,13 @@ WORLD = WorldConfig()
 
 
 def recipe_for(arch: str, seed: int = 0, steps: int | None = None, threads: int = 0) -> tuple[TrainConfig, WorldConfig]:
-    """The shipped recipe for ``arch``, with optional overrides."""
+    """The shipped recipe for ``arch``, with optional overrides.
+
+    ``steps`` shorter than the recipe's schedule trains that schedule's first ``steps`` (the
+    learning rate and the curriculum as in the full run); longer stretches the schedule.
+    """
     cfg = replace(RECIPES[arch], seed=seed, threads=threads)
-    if steps is not None:  # a longer run than the schedule lays its schedule out over its own length
-        cfg = replace(cfg, steps=steps, schedule_steps=max(cfg.schedule_steps, steps) if cfg.schedule_steps else 0)
+    if steps is not None:  # stop the recipe's schedule early, or stretch it to a longer run
+        horizon = max(cfg.horizon, steps)
+        cfg = replace(cfg, steps=steps, schedule_steps=0 if horizon == steps else horizon)
     return cfg, WORLD
