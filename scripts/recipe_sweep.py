@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import signal
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -66,6 +68,9 @@ def main() -> None:
     args = ap.parse_args()
     variants = json.loads(args.variants)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    # a SIGTERM to this process exits through the pool's context manager, which terminates the
+    # workers (otherwise they would train on as orphans)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs) as pool:
         jobs = [

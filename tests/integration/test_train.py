@@ -179,6 +179,9 @@ def test_attention_supervision_reads_the_models_own_attention(arch):
         ad.model(**enc)
     rows, heads, dpos, toks, mass = sup.targets(batch, counts, labels, grids)
     assert rows.tolist() == [0, 0, 1, 2] and heads.tolist() == [0, 1, 0, 0]  # spatial: two heads
+    routed = AttentionSupervisor(layer, sup.tasks, {"attribute": 2, "position": 3, "spatial": 3})
+    r2, h2, d2, _, m2 = routed.targets(batch, counts, labels, grids)
+    assert h2.tolist() == [0, 1, 2, 3] and torch.equal(r2, rows) and torch.equal(d2, dpos) and torch.equal(m2, mass)
     got = torch.softmax(sup.attention_logits(rows, heads, dpos, toks), -1)
     with torch.no_grad(), language_attention(ad.model, "eager"):
         att = ad.model(**enc, output_attentions=True).attentions[layer]

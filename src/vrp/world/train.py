@@ -75,6 +75,8 @@ class TrainConfig:
     attn_sup_weight: float = 0.0  # > 0: supervise decoder attention onto the named object(s); see AttentionSupervisor
     attn_sup_layer: int = 2  # the decoder layer whose heads 0 and 1 are supervised
     attn_sup_tasks: tuple[str, ...] = ("position", "spatial", "attribute")
+    # the head a task's union target goes to (default 0; spatial questions always use heads 0 and 1)
+    attn_sup_heads: dict = field(default_factory=dict)
     curriculum: float = 0.4  # fraction of the schedule over which max objects rises from 2 to the world's
     task_weights: dict = field(
         default_factory=lambda: {
@@ -213,8 +215,8 @@ class AttentionSupervisor(AttentionRecorder):
     at chance; docs/experiments/2026-11-22-toy-spatial). This loss points two attention
     heads of one decoder layer at the decision position (the one that predicts the first
     answer token) onto the named objects: for a spatial question head 0 onto the first
-    object and head 1 onto the second; for the other supervised tasks head 0 onto the union
-    of the question's regions. Each head's attention logits over the image tokens are
+    object and head 1 onto the second; for the other supervised tasks one head (0, or the
+    task's entry in ``heads``) onto the union of the question's regions. Each head's attention logits over the image tokens are
     softmaxed (renormalised over the image) and pushed by cross-entropy towards the
     objects' visible pixel mass per patch.
 
@@ -222,9 +224,10 @@ class AttentionSupervisor(AttentionRecorder):
     code serves Llama, Gemma and Qwen2-VL's M-RoPE), while the layer's output is SDPA's.
     """
 
-    def __init__(self, layer: int, tasks: tuple[str, ...]):
+    def __init__(self, layer: int, tasks: tuple[str, ...], heads: dict[str, int] | None = None):
         super().__init__({layer})
         self.tasks = set(tasks)
+        self.heads = dict(heads or {})
         self.qk: tuple | None = None
 
     def observe(self, layer_idx, query, key, attention_mask, scaling, softcap) -> None:
@@ -241,9 +244,12 @@ class AttentionSupervisor(AttentionRecorder):
                 continue
             idx = {tuple(o.box): k for k, o in enumerate(scene.objects)}
             objs = [idx[tuple(r["box"])] for r in q.regions]
-            groups = [[o] for o in objs[:2]] if q.task == "spatial" else [objs]
+            if q.task == "spatial":
+                groups = list(enumerate([o] for o in objs[:2]))
+            else:
+                groups = [(self.heads.get(q.task, 0), objs)]
             d = int((labels[i] != -100).nonzero()[0]) - 1
-            for head, g in enumerate(groups):
+            for head, g in groups:
                 m = c[g].sum(0)
                 if m.sum() > 0:
                     rows.append(i)
@@ -495,7 +501,11 @@ def train(
         probe = PatchProbe(model, adapter.module_paths["projector"], hidden, grid, cfg.position_heads)
         probe.to(dev)
         opt.add_param_group({"params": probe.parameters(), "weight_decay": 0.0})
-    sup = AttentionSupervisor(cfg.attn_sup_layer, cfg.attn_sup_tasks) if cfg.attn_sup_weight > 0 else None
+    sup = (
+        AttentionSupervisor(cfg.attn_sup_layer, cfg.attn_sup_tasks, cfg.attn_sup_heads)
+        if cfg.attn_sup_weight > 0
+        else None
+    )
     sup_hist: list[float] = []
     names = list(cfg.task_weights)
     w = np.array([cfg.task_weights[n] for n in names], dtype=float)
