@@ -48,7 +48,12 @@ RECIPE = TrainConfig(
 )
 MORE_SPATIAL = {"task_weights": {**TASK_WEIGHTS, "spatial": 4.5}}
 FAMILY: dict[str, dict] = {
-    "llava": {"steps": 3500},
+    "llava": {
+        "steps": 4000,
+        "schedule_steps": 5000,
+        "attn_sup_tasks": (*RECIPE.attn_sup_tasks, "existence"),
+        "attn_sup_heads": {"existence": 2},
+    },
     "paligemma": {"steps": 4000, **MORE_SPATIAL, "attn_sup_tasks": (*RECIPE.attn_sup_tasks, "existence", "counting")},
     "qwen2vl": {
         "steps": 3000,
