@@ -1,24 +1,28 @@
 """The training recipe that produced the shipped toy checkpoints (all three architectures).
 
 Task weights favouring existence and spatial questions, an object-count curriculum over
-the first 40% of steps, per-patch colour/shape/row/column auxiliary heads, learned vision
+the first 40% of the schedule, per-patch colour/shape/row/column auxiliary heads, learned vision
 position embeddings initialised at s.d. 1.0, object quadrants in the describe captions, and
 attention supervision (decoder layer 2, heads 0/1 onto the named objects of position,
 spatial and attribute questions: what made spatial relations learnable, see
 docs/experiments/2026-11-22-toy-spatial).
 
-What differs by architecture (``FAMILY``): the number of steps (where each family's held-out
-accuracies reach the target band), and two faster variants that sample spatial questions
-at 4.5 instead of 3 and supervise more question families' attention: counting for
-toy-qwen2vl, existence and counting for toy-paligemma (4,000 steps instead of 6,000).
-toy-qwen2vl trains the first 3,000 steps of a 5,000-step schedule (``schedule_steps``: the
-learning rate and the curriculum follow the 5,000-step run, whose accuracies were in the
-band from step 3,000; a schedule of 3,000 steps of its own decays too early and left
-spatial relations at 0.40 at step 2,250), instead of 10,000 with the base recipe.
-Supervising existence too made toy-qwen2vl's existence pass the band's ceiling before
-spatial relations were learnt. toy-llava keeps the base recipe (the
-toy-paligemma variant did not help it; the toy-qwen2vl variant is untried on it). See
-docs/experiments/2026-11-22-toy-speed and README "Toy models".
+What differs by architecture (``FAMILY``), each found with one CPU run per candidate (see
+docs/experiments/2026-11-22-toy-speed and README "Toy models"):
+
+- toy-llava supervises existence questions too, on head 2 (``attn_sup_heads``), so that
+  existence reliably leaves chance early without slowing spatial relations (which use heads
+  0 and 1); it trains the first 4,000 steps of a 5,000-step schedule. With the base recipe
+  existence stayed at chance for 2,750 steps in one run and all 3,500 in its 2-thread
+  rebuild; supervised on head 0 it slowed spatial relations down.
+- toy-paligemma samples spatial questions at 4.5 instead of 3 and supervises existence and
+  counting (head 0): 4,000 steps instead of 6,000.
+- toy-qwen2vl samples spatial questions at 4.5 and supervises counting (not existence,
+  which then passed the band's ceiling before spatial relations were learnt). It trains the
+  first 3,000 steps of a 5,000-step schedule (``schedule_steps``: the learning rate and the
+  curriculum follow the 5,000-step run, whose accuracies were in the band from step 3,000;
+  a 3,000-step schedule of its own decays too early and left spatial relations at 0.40 at
+  step 2,250), instead of 10,000 with the base recipe.
 """
 
 from __future__ import annotations
