@@ -413,13 +413,21 @@ def world_train(
         f"kept step {ch['step']} (teacher-forced: " + ", ".join(f"{k} {v:.3f}" for k, v in ch["acc"].items()) + ")"
     )
     if evaluate:
-        from vrp.world.evaluate import write_eval
+        from vrp.world.evaluate import TARGET_BAND, outside_band, write_eval
 
         result = write_eval(out)
         _print_accuracy(
             result["accuracy"],
             f"{arch}: greedy accuracy on {result['n_images']} held-out images (seed {result['seed']})",
         )
+        off = outside_band(result["accuracy"]["by_task"])
+        if off:
+            console.print(
+                f"[yellow]outside the {TARGET_BAND[0]:.0%}-{TARGET_BAND[1]:.0%} target band: "
+                + ", ".join(f"{t} {a:.3f}" for t, a in off.items())
+                + ". Training these toys is chaotic: another --seed or --threads gives another run "
+                "(README 'Toy models').[/yellow]"
+            )
     console.print(f"saved to {out}")
 
 

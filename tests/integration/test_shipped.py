@@ -63,3 +63,12 @@ def test_shipped_checkpoint_was_trained_with_the_shipped_recipe(name):
     assert got == want
     assert log["world"] == json.loads(json.dumps(WORLD.to_dict()))
     assert log["chosen"]["step"] <= RECIPES[arch].steps
+
+
+@pytest.mark.parametrize("name", TOY_MODELS)
+def test_shipped_checkpoint_is_in_the_target_band_on_every_task_family(name):
+    from vrp.world.evaluate import outside_band
+
+    doc = json.loads((resolve_model_path(name) / "eval.json").read_text())
+    assert set(doc["accuracy"]["by_task"]) == {"existence", "counting", "spatial", "attribute"}
+    assert outside_band(doc["accuracy"]["by_task"]) == {}

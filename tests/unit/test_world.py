@@ -489,3 +489,13 @@ def test_describe_with_quadrants_names_each_objects_quadrant_left_to_right():
     scene = Scene([sq, ci], size=48)
     assert describe(scene) == "small red circle large blue square"
     assert describe(scene, quadrants=True) == "small red circle top left large blue square bottom right"
+
+
+def test_outside_band_names_the_families_outside_the_target():
+    from vrp.world.evaluate import TARGET_BAND, outside_band
+
+    by_task = {t: {"accuracy": a, "n": 100} for t, a in
+               {"existence": 0.70, "counting": 0.699, "spatial": 0.92, "attribute": 0.93}.items()}  # fmt: skip
+    assert TARGET_BAND == (0.70, 0.92)
+    assert outside_band(by_task) == {"attribute": 0.93, "counting": 0.699}  # the bounds are inside
+    assert outside_band(by_task, (0.0, 1.0)) == {}

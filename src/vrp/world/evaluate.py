@@ -9,6 +9,13 @@ from pathlib import Path
 
 EVAL_SEED = 20_261_122  # held out: training draws its scenes from other seeds
 EVAL_IMAGES = 400
+TARGET_BAND = (0.70, 0.92)  # the toys' target greedy accuracy on every task family (imperfect on purpose)
+
+
+def outside_band(by_task: dict, band: tuple[float, float] = TARGET_BAND) -> dict[str, float]:
+    """The task families whose accuracy (``accuracy["by_task"]`` of a run) lies outside ``band``."""
+    lo, hi = band
+    return {t: r["accuracy"] for t, r in sorted(by_task.items()) if not lo <= r["accuracy"] <= hi}
 
 
 def evaluate_checkpoint(model: str, n_images: int = EVAL_IMAGES, seed: int = EVAL_SEED, batch_size: int = 32) -> dict:
