@@ -4,10 +4,10 @@ Runs the real training loop (`vrp.world.train.train`) for the first ``--steps`` 
 each architecture's recipe schedule and times it through the loop's own callbacks: each
 evaluation's cost is the time from the step before it to its report, and the rate per step
 is taken between the first and the last evaluation with the evaluations in between
-subtracted, so model building, the held-out set and the first steps' warm-up are left out. The projection is rate x the recipe's steps
-(``STEPS`` in ``vrp/world/recipes.py``) plus one evaluation per ``eval_every`` steps at the
-measured cost. Absolute times on a shared machine vary with its load (and CPU steal): read
-them with ``uptime``.
+subtracted, so model building, the held-out set and the first steps' warm-up are left out.
+The projection is rate x the recipe's steps (``STEPS`` in ``vrp/world/recipes.py``) plus one
+evaluation per ``eval_every`` steps at the measured cost. Absolute times on a shared machine
+vary with its load (and CPU steal): read them with ``uptime``.
 
     python bench/train_bench.py --steps 500 --threads 2
 """

@@ -3,13 +3,13 @@
 Each variant is the shipped recipe (``vrp.world.recipes``) with some ``TrainConfig`` fields
 overridden, trained on a schedule of its own over ``--steps`` (override ``schedule_steps``
 to stop a longer schedule early instead); variants run in a pool of ``--jobs`` worker
-processes (one torch thread each). Each appends to ``OUT/<arch>-<name>.jsonl`` as it goes, every line tagged with its run
-name: a header with the overrides and the full resolved configuration, one record per
-evaluation, and the step kept; so a sweep cut short still leaves every curve so far, and
-the files can be concatenated into one JSONL log. A variant that fails is reported and the
-others go on. Used to look for faster-learning recipes, on a lent GPU (``--device cuda``;
-run CUDA MPS, ``nvidia-cuda-mps-control -d``, so that the processes share the GPU instead
-of time-slicing it) or on CPU.
+processes (one torch thread each). Each appends to ``OUT/<arch>-<name>.jsonl`` as it goes,
+every line tagged with its run name: a header with the overrides and the full resolved
+configuration, one record per evaluation, and the step kept; so a sweep cut short still
+leaves every curve so far, and the files can be concatenated into one JSONL log. A variant
+that fails is reported and the others go on. Used to look for faster-learning recipes, on a
+lent GPU (``--device cuda``; run CUDA MPS, ``nvidia-cuda-mps-control -d``, so that the
+processes share the GPU instead of time-slicing it) or on CPU.
 
     python scripts/recipe_sweep.py --arch qwen2vl --steps 3000 --out runs/sweep \\
         --variants '{"base": {}, "lr4": {"lr": 0.004}}' --device cuda --jobs 8

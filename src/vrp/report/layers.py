@@ -8,10 +8,17 @@ from vrp.report import figures as F
 from vrp.report.curves import Split, curve_split, margin_split, mlp_share_split
 from vrp.report.data import RunData
 from vrp.report.html import Section, esc, howto, img, missing
+from vrp.signals.catalog import BY_NAME
 
 AXIS_LABEL = {"residual": "residual layer (0 = embeddings)", "block": "decoder block"}
-# Per-layer curves that read the annotation besides the model (cf. ``needs`` in vrp.signals.catalog).
-GOLD = {"margin": " [gold answer]", "attn_region_ratio": " [gold region]"}
+# The catalog signal each per-layer AUROC column is the curve of (the margin read at every layer, not only the last)
+CURVE_SIGNAL = {"margin": "margin_last"}
+
+
+def _curve_label(curve: str) -> str:
+    """The curve's name, with what it reads besides the model (``needs`` in vrp.signals.catalog)."""
+    needs = BY_NAME[CURVE_SIGNAL.get(curve, curve)].needs
+    return f"{curve} [{needs}]" if needs else curve
 
 
 def _split_figure(s: Split, title: str, ylabel: str, hline: float | None = None) -> bytes:
@@ -61,8 +68,7 @@ def _layer_auroc_figure(run: RunData) -> str:
     x = lt["residual_layer"].to_numpy()
     names = [c for c in ("margin_auroc", "attn_entropy_auroc", "attn_peakiness_auroc", "attn_region_ratio_auroc",
                          "attn_image_mass_auroc") if c in lt]  # fmt: skip
-    bands = [F.Band(c.removesuffix("_auroc") + GOLD.get(c.removesuffix("_auroc"), ""), lt[c].to_numpy(np.float64))
-             for c in names]  # fmt: skip
+    bands = [F.Band(_curve_label(c.removesuffix("_auroc")), lt[c].to_numpy(np.float64)) for c in names]
     png = F.band_plot(x, bands, "AUROC per layer of single signals", AXIS_LABEL["residual"], "AUROC (oriented)",
                       hline=0.5)  # fmt: skip
     cap = ("From analysis/layers.parquet: the truth margin read at each residual layer, and each structural curve "

@@ -1,7 +1,7 @@
 """The training recipe that produced the shipped toy checkpoints (all three architectures).
 
-Task weights favouring existence and spatial questions, an object-count curriculum over
-the first 40% of the schedule, per-patch colour/shape/row/column auxiliary heads, learned vision
+Task weights favouring existence and spatial questions, an object-count curriculum over the
+first 40% of the schedule, per-patch colour/shape/row/column auxiliary heads, learned vision
 position embeddings initialised at s.d. 1.0, object quadrants in the describe captions, and
 attention supervision (decoder layer 2, heads 0/1 onto the named objects of position,
 spatial and attribute questions: what made spatial relations learnable, see

@@ -211,14 +211,15 @@ class AttentionSupervisor(AttentionRecorder):
     """Auxiliary attention supervision (training only).
 
     Tiny decoders trained on answers alone fail to *bind* the object a question names: they
-    read where objects are but not which one was asked about (toy spatial relations stayed
-    at chance; docs/experiments/2026-11-22-toy-spatial). This loss points two attention
-    heads of one decoder layer at the decision position (the one that predicts the first
-    answer token) onto the named objects: for a spatial question head 0 onto the first
-    object and head 1 onto the second; for the other supervised tasks one head (0, or the
-    task's entry in ``heads``) onto the union of the question's regions. Each head's attention logits over the image tokens are
-    softmaxed (renormalised over the image) and pushed by cross-entropy towards the
-    objects' visible pixel mass per patch.
+    read where objects are but not which one was asked about (toy spatial relations
+    stayed at chance; docs/experiments/2026-11-22-toy-spatial). This loss points two
+    attention heads of one decoder layer at the decision position (the one that predicts
+    the first answer token) onto the named objects: for a spatial question head 0 onto
+    the first object and head 1 onto the second; for the other supervised tasks one head
+    (0, or the task's entry in ``heads``) onto the union of the question's regions. Each
+    head's attention logits over the image tokens are softmaxed (renormalised over the
+    image) and pushed by cross-entropy towards the objects' visible pixel mass per
+    patch.
 
     Query and key come from the ``vrp_capture`` attention function (post-RoPE, so the same
     code serves Llama, Gemma and Qwen2-VL's M-RoPE), while the layer's output is SDPA's.
