@@ -7,7 +7,7 @@ from pathlib import Path
 
 def long_context_model(out: Path, arch: str) -> str:
     """A tiny random model with LLaVA-1.5 image geometry (336 px / patch 14 -> 576 tokens)."""
-    from vrp.world.toy import build_toy
+    from vrp.toys.build import build_toy
 
     model, processor = build_toy(arch, seed=0, image_size=336, patch=14)
     if arch == "qwen2vl":  # let 336 x 336 through unresized: 24 x 24 merged tokens

@@ -1,11 +1,11 @@
 """Seconds per training step of each toy recipe, and the projected time of its full schedule.
 
-Runs the real training loop (`vrp.world.train.train`) for the first ``--steps`` steps of
+Runs the real training loop (`vrp.toys.train.train`) for the first ``--steps`` steps of
 each architecture's recipe schedule and times it through the loop's own callbacks: each
 evaluation's cost is the time from the step before it to its report, and the rate per step
 is taken between the first and the last evaluation with the evaluations in between
 subtracted, so model building, the held-out set and the first steps' warm-up are left out.
-The projection is rate x the recipe's steps (``STEPS`` in ``vrp/world/recipes.py``) plus one
+The projection is rate x the recipe's steps (``STEPS`` in ``vrp/toys/recipes.py``) plus one
 evaluation per ``eval_every`` steps at the measured cost. Absolute times on a shared machine
 vary with its load (and CPU steal): read them with ``uptime``.
 
@@ -31,8 +31,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
-    from vrp.world.recipes import STEPS, recipe_for
-    from vrp.world.train import train
+    from vrp.toys.recipes import STEPS, recipe_for
+    from vrp.toys.train import train
 
     print(f"threads={args.threads}, short schedule {args.steps} steps")
     print("| model | s / step | s / evaluation | recipe steps | projected minutes |")

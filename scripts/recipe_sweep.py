@@ -1,6 +1,6 @@
 """Train several variants of a toy recipe side by side and log each one's held-out curve.
 
-Each variant is the shipped recipe (``vrp.world.recipes``) with some ``TrainConfig`` fields
+Each variant is the shipped recipe (``vrp.toys.recipes``) with some ``TrainConfig`` fields
 overridden, trained on a schedule of its own over ``--steps`` (override ``schedule_steps``
 to stop a longer schedule early instead); variants run in a pool of ``--jobs`` worker
 processes (one torch thread each). Each appends to ``OUT/<arch>-<name>.jsonl`` as it goes,
@@ -28,8 +28,8 @@ from pathlib import Path
 
 
 def _run(arch: str, name: str, overrides: dict, steps: int, out: str, device: str) -> str:
-    from vrp.world.recipes import recipe_for
-    from vrp.world.train import train
+    from vrp.toys.recipes import recipe_for
+    from vrp.toys.train import train
 
     cfg, wcfg = recipe_for(arch, steps=steps, threads=1)
     cfg = replace(cfg, schedule_steps=0)  # each variant's schedule spans --steps unless it overrides this

@@ -392,9 +392,9 @@ def world_train(
     device: str = typer.Option("cpu", help="Torch device (the recipe is tuned on CPU; a GPU gives other numbers)."),
 ) -> None:
     """Train a toy VLM of ARCH from random init on ShapesWorld (CPU by default)."""
-    from vrp.world.recipes import recipe_for
-    from vrp.world.toy import ARCHS
-    from vrp.world.train import train
+    from vrp.toys.build import ARCHS
+    from vrp.toys.recipes import recipe_for
+    from vrp.toys.train import train
 
     if arch not in ARCHS:
         _fail(f"unknown architecture {arch!r}; supported: {', '.join(ARCHS)}")
@@ -413,7 +413,7 @@ def world_train(
         f"kept step {ch['step']} (teacher-forced: " + ", ".join(f"{k} {v:.3f}" for k, v in ch["acc"].items()) + ")"
     )
     if evaluate:
-        from vrp.world.evaluate import TARGET_BAND, outside_band, write_eval
+        from vrp.toys.evaluate import TARGET_BAND, outside_band, write_eval
 
         result = write_eval(out)
         _print_accuracy(

@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def random_toy_dirs(tmp_path_factory) -> dict[str, str]:
     """Random-init toy models of each family saved with save_pretrained (arch -> folder)."""
-    from vrp.world.toy import ARCHS, build_toy
+    from vrp.toys.build import ARCHS, build_toy
 
     out = {}
     for arch in ARCHS:

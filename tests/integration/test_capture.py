@@ -16,9 +16,9 @@ from PIL import Image
 
 from vrp.capture.engine import CaptureConfig, capture_generate, language_attention
 from vrp.models import adapter_for
+from vrp.toys.build import build_toy
 from vrp.world.dataset import generate
 from vrp.world.scene import WorldConfig, render
-from vrp.world.toy import build_toy
 
 ARCHS = ["llava", "paligemma", "qwen2vl"]
 QUESTIONS = [

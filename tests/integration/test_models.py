@@ -90,7 +90,7 @@ def test_tokenizer_round_trips_world_words(random_toy_dirs):
 
 
 def test_seeded_build_is_deterministic():
-    from vrp.world.toy import build_toy
+    from vrp.toys.build import build_toy
 
     m1, _ = build_toy("qwen2vl", seed=5)
     m2, _ = build_toy("qwen2vl", seed=5)

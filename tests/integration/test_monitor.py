@@ -129,7 +129,7 @@ def test_abstention_follows_the_threshold(exported, adapter, items):
 def test_identity_mismatch_is_refused_unless_forced(exported, tmp_path, items):
     from vrp.models import load_adapter
     from vrp.models.loading import resolve_model_path
-    from vrp.world.toy import build_toy
+    from vrp.toys.build import build_toy
 
     m = Monitor.load(exported)
     changed = tmp_path / "changed"

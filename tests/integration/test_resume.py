@@ -168,7 +168,7 @@ def test_a_different_checkpoint_of_the_same_architecture_is_refused(random_toy_d
     from typer.testing import CliRunner
 
     from vrp.cli import app
-    from vrp.world.toy import build_toy
+    from vrp.toys.build import build_toy
 
     model = tmp_path / "model"
     shutil.copytree(random_toy_dirs["llava"], model)

@@ -9,7 +9,7 @@ import pytest
 
 from vrp.models import load_adapter
 from vrp.models.loading import TOY_MODELS, resolve_model_path
-from vrp.world.evaluate import EVAL_SEED, evaluate_checkpoint
+from vrp.toys.evaluate import EVAL_SEED, evaluate_checkpoint
 
 FRESH_SEED = 4242  # differs from the seed eval.json was measured on, and from training's
 FRESH_IMAGES = 150
@@ -50,7 +50,7 @@ def test_shipped_checkpoint_was_trained_with_the_shipped_recipe(name):
     the recipe of its architecture (the thread count aside, which is a machine setting)."""
     from dataclasses import asdict
 
-    from vrp.world.recipes import RECIPES, WORLD
+    from vrp.toys.recipes import RECIPES, WORLD
 
     log = json.loads((resolve_model_path(name) / "training_log.json").read_text())
     arch = log["config"]["arch"]
@@ -67,7 +67,7 @@ def test_shipped_checkpoint_was_trained_with_the_shipped_recipe(name):
 
 @pytest.mark.parametrize("name", TOY_MODELS)
 def test_shipped_checkpoint_is_in_the_target_band_on_every_task_family(name):
-    from vrp.world.evaluate import outside_band
+    from vrp.toys.evaluate import outside_band
 
     doc = json.loads((resolve_model_path(name) / "eval.json").read_text())
     assert set(doc["accuracy"]["by_task"]) == {"existence", "counting", "spatial", "attribute"}

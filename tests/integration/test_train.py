@@ -10,16 +10,11 @@ import pytest
 import torch
 
 from vrp.models import adapter_for, load_adapter
+from vrp.toys.build import build_toy
+from vrp.toys.forcing import encode_batch, per_example_loss
+from vrp.toys.supervision import patch_labels
+from vrp.toys.train import TrainConfig, curriculum_world, train
 from vrp.world.scene import COLOURS, SHAPES, Obj, Scene, WorldConfig, render
-from vrp.world.toy import build_toy
-from vrp.world.train import (
-    TrainConfig,
-    curriculum_world,
-    encode_batch,
-    patch_labels,
-    per_example_loss,
-    train,
-)
 
 
 def _adapter(arch: str):
@@ -87,7 +82,7 @@ def test_truncated_schedule_replays_the_first_steps_of_the_full_run(tmp_path):
 
 
 def test_a_step_count_stops_the_recipes_schedule_early_or_stretches_it():
-    from vrp.world.recipes import RECIPES, recipe_for
+    from vrp.toys.recipes import RECIPES, recipe_for
 
     assert recipe_for("qwen2vl")[0] == RECIPES["qwen2vl"]
     assert RECIPES["qwen2vl"].horizon > RECIPES["qwen2vl"].steps  # the shipped toy-qwen2vl stops early
@@ -115,7 +110,7 @@ def test_short_training_is_seeded_saves_loadable_model_and_reaches_vision_tower(
 
 
 def test_other_seed_gives_other_weights_with_the_recipes_options(tmp_path):
-    from vrp.world.recipes import RECIPE
+    from vrp.toys.recipes import RECIPE
 
     cfg = replace(
         RECIPE, arch="qwen2vl", steps=2, batch_size=8, eval_every=2, eval_images=2, warmup=1, threads=1, curriculum=0
@@ -131,9 +126,9 @@ def test_other_seed_gives_other_weights_with_the_recipes_options(tmp_path):
 
 def _spatial_batch(rng_seed: int = 0, n: int = 3):
     """(scene, question) pairs with a spatial, an attribute and a position question."""
+    from vrp.toys.tasks import position_question
     from vrp.world.questions import attribute_question, spatial_question
     from vrp.world.scene import WorldStats, sample_scene
-    from vrp.world.train import position_question
 
     rng = np.random.default_rng(rng_seed)
     wcfg = WorldConfig(min_objects=3, max_objects=4)
@@ -159,7 +154,7 @@ def test_attention_supervision_reads_the_models_own_attention(arch):
     the loss equals the cross-entropy computed from those eager weights."""
     from vrp.capture.attention import IMPL_NAME, recording, register
     from vrp.capture.engine import language_attention
-    from vrp.world.train import AttentionSupervisor, object_patch_counts
+    from vrp.toys.supervision import AttentionSupervisor, object_patch_counts
 
     torch.manual_seed(0)
     ad = _adapter(arch)
@@ -196,7 +191,7 @@ def test_attention_supervision_reads_the_models_own_attention(arch):
 
 
 def test_object_patch_counts_agree_with_pixels():
-    from vrp.world.train import object_patch_counts
+    from vrp.toys.supervision import object_patch_counts
 
     sq = Obj("square", "blue", "large", (12, 12, 36, 36), hue=240.0)
     ci = Obj("circle", "red", "small", (0, 0, 10, 10), hue=0.0)
@@ -212,7 +207,7 @@ def test_object_patch_counts_agree_with_pixels():
 def test_training_on_cuda_follows_the_cpu_run(arch, tmp_path):
     """Same init and data on both devices: the losses logged after two updates agree up to
     floating-point differences (TF32 convolutions on the GPU), and the saved model loads."""
-    from vrp.world.recipes import RECIPE
+    from vrp.toys.recipes import RECIPE
 
     cfg = replace(RECIPE, arch=arch, steps=2, batch_size=8, eval_every=2, eval_images=2, warmup=1, threads=1)
     logs = {dev: train(cfg, tmp_path / dev, device=dev) for dev in ("cpu", "cuda")}

@@ -492,7 +492,7 @@ def test_describe_with_quadrants_names_each_objects_quadrant_left_to_right():
 
 
 def test_outside_band_names_the_families_outside_the_target():
-    from vrp.world.evaluate import TARGET_BAND, outside_band
+    from vrp.toys.evaluate import TARGET_BAND, outside_band
 
     by_task = {t: {"accuracy": a, "n": 100} for t, a in
                {"existence": 0.70, "counting": 0.699, "spatial": 0.92, "attribute": 0.93}.items()}  # fmt: skip

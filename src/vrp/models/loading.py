@@ -11,7 +11,12 @@ TOY_MODELS = ("toy-llava", "toy-paligemma", "toy-qwen2vl")
 
 
 def shipped_checkpoint_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "world" / "checkpoints"
+    """The folder of the shipped toy checkpoints, ``vrp/toys/checkpoints``.
+
+    Computed from this file's place in the package: ``vrp.toys`` sits above ``models`` and is
+    not imported here.
+    """
+    return Path(__file__).resolve().parent.parent / "toys" / "checkpoints"
 
 
 def resolve_model_path(name_or_path: str) -> Path:

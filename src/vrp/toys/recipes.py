@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from vrp.toys.train import TrainConfig
 from vrp.world.scene import WorldConfig
-from vrp.world.train import TrainConfig
 
 TASK_WEIGHTS = {
     "describe": 1.0,
