@@ -46,9 +46,10 @@ def test_probes_are_saved_split_by_image_and_reload_identically(analyzed):
     data = load_probe_data(analyzed)
     layer = summary["probes"]["probe_dense"]["layer_index"]
     dense = load_probe(analyzed / "probes" / "probe_dense")
-    np.testing.assert_array_equal(dense.predict_proba(data["X"])[:, layer], preds["probe_dense"].to_numpy())
+    assert dense.layer == layer  # the saved probe answers with the chosen layer
+    np.testing.assert_array_equal(dense.predict_proba(data["X"])[:, 1], preds["probe_dense"].to_numpy())
     mlp = load_probe(analyzed / "probes" / "probe_mlp")
-    np.testing.assert_allclose(mlp.predict_proba(data["X"][:, layer]), preds["probe_mlp"].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(mlp.predict_proba(data["X"][:, layer])[:, 1], preds["probe_mlp"].to_numpy(), rtol=1e-6)
     # chosen on validation: the reported layer is the validation argmax
     val = summary["probes"]["probe_dense"]["val_auroc_by_layer"]
     val = np.asarray(val, dtype=float)  # null (undefined) -> NaN

@@ -65,7 +65,7 @@ def offline(probed, exported):
 
     info = json.loads((exported / "monitor.json").read_text())
     data = load_probe_data(probed)
-    p = load_probe(probed / "probes" / "probe_dense").predict_proba(data["X"])[:, info["probe"]["layer_index"]]
+    p = load_probe(probed / "probes" / "probe_dense").predict_proba_layers(data["X"])[:, info["probe"]["layer_index"]]
     return dict(zip(data["ids"], p, strict=True))
 
 

@@ -60,7 +60,7 @@ def test_predict_proba_is_the_layerwise_probe_on_float16_rounded_residuals(mdir)
     ref.mean_, ref.scale_ = a["mean"][None].astype(np.float32), a["scale"][None].astype(np.float32)
     p = m.predict_proba(h)
     assert p.min() > 0.05 and p.max() < 0.95  # not saturated: the comparison means something
-    np.testing.assert_allclose(p, ref.predict_proba(x[:, None, :])[:, 0], rtol=1e-6)  # float32 summation order
+    np.testing.assert_allclose(p, ref.predict_proba(x)[:, 1], rtol=1e-6)  # float32 summation order
     np.testing.assert_array_equal(p, m.predict_proba(x))  # already-rounded input: unchanged
     raw = 1 / (1 + np.exp(-(((h - a["mean"]) / a["scale"]) @ a["coef"] + 0.3)))
     assert np.abs(p - raw).max() > 1e-5  # the rounding is applied (and matters at this scale)

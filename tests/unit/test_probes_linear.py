@@ -12,11 +12,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.base import clone
+from scipy.special import expit
+from sklearn.base import clone, is_classifier
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
 
 from vrp.probes import _solver
 from vrp.probes.io import load_probe, save_probe
@@ -67,7 +72,7 @@ def test_matches_sklearn_oracle(data, penalty, C, newton_max, monkeypatch):
         monkeypatch.setattr(_solver, "NEWTON_MAX", newton_max)
     probe = LayerwiseLogistic(penalty=penalty, C=C, tol=1e-6, max_iter=2000).fit(X[split.train], y[split.train])
     assert probe.converged_.all()
-    ours = auroc(probe.decision_function(X[split.test]), y[split.test])  # [L]
+    ours = auroc(probe.decision_function_layers(X[split.test]), y[split.test])  # [L]
     for layer in range(X.shape[1]):
         sk_auc, sk_coef = sklearn_fit(X, y, split, layer, penalty, C)
         if np.all(sk_coef == 0):  # every weight zeroed: a constant score, undefined here (sklearn: 0.5)
@@ -102,7 +107,7 @@ def test_sweep_model_is_the_best_column_of_the_path(data):
     np.testing.assert_array_equal(best, res.val_auroc.argmax(1))
     path = res.decision_function_path(X[split.test])  # [n, L, K]
     np.testing.assert_allclose(
-        res.model.decision_function(X[split.test]), path[:, np.arange(4), best], rtol=1e-5, atol=1e-5
+        res.model.decision_function_layers(X[split.test]), path[:, np.arange(4), best], rtol=1e-5, atol=1e-5
     )
     refit = LayerwiseLogistic(C=res.best_C).fit(X[split.train], y[split.train])  # per-layer C
     np.testing.assert_allclose(refit.coef_, res.model.coef_, atol=1e-3)
@@ -166,14 +171,16 @@ def test_float16_input_is_computed_in_float32(data):
     b = LayerwiseLogistic(C=0.1).fit(X16[split.train].astype(np.float32), y[split.train])
     np.testing.assert_array_equal(a.coef_, b.coef_)
     assert a.coef_.dtype == np.float32
-    np.testing.assert_array_equal(a.predict_proba(X16[split.test]), b.predict_proba(X16[split.test].astype(np.float32)))
+    np.testing.assert_array_equal(
+        a.predict_proba_layers(X16[split.test]), b.predict_proba_layers(X16[split.test].astype(np.float32))
+    )
 
 
 def test_stacked_probe_uses_last_k_layers(data):
     X, y, _, split = data
     tr, te = split.train, split.test
     probe = StackedLogistic(k=2, C=0.1).fit(X[tr], y[tr])  # layers 2 and 3
-    assert probe.coef_.shape == (2 * X.shape[2],) and probe.predict_proba(X[te]).shape == (len(te),)
+    assert probe.coef_.shape == (2 * X.shape[2],) and probe.predict_proba(X[te]).shape == (len(te), 2)
     scrambled = X.copy()
     scrambled[:, :2] = np.random.default_rng(0).standard_normal(scrambled[:, :2].shape)
     np.testing.assert_array_equal(probe.predict_proba(scrambled[te]), probe.predict_proba(X[te]))
@@ -188,7 +195,7 @@ def test_stacked_probe_uses_last_k_layers(data):
     assert auroc(last_only.decision_function(X[te]), y[te]) < 0.65
     res = sweep_stacked(X[tr], y[tr], X[split.val], y[split.val], k=2, Cs=(0.01, 0.1))
     assert isinstance(res.model, StackedLogistic) and res.val_auroc.shape == (1, 2)
-    assert res.model.predict_proba(X[te]).shape == (len(te),)
+    assert res.model.predict_proba(X[te]).shape == (len(te), 2)
 
 
 def test_save_load_gives_identical_predictions(data, tmp_path):
@@ -209,6 +216,8 @@ def test_save_load_gives_identical_predictions(data, tmp_path):
         assert type(loaded) is type(probe)
         assert json.dumps(loaded.get_state()[1]) == json.dumps(probe.get_state()[1])
         np.testing.assert_array_equal(loaded.predict_proba(X[te]), probe.predict_proba(X[te]))
+        if isinstance(probe, LayerwiseLogistic):
+            np.testing.assert_array_equal(loaded.predict_proba_layers(X[te]), probe.predict_proba_layers(X[te]))
 
 
 def test_probe_io_errors(tmp_path):
@@ -230,7 +239,8 @@ def test_sklearn_conventions(data):
     with pytest.raises(NotFittedError):
         probe.predict_proba(X)
     assert probe.fit(X[split.train], y[split.train]) is probe
-    assert probe.predict_proba(X[:5]).shape == (5, X.shape[1]) and probe.predict(X[:5]).shape == (5, X.shape[1])
+    assert probe.predict_proba(X[:5]).shape == (5, 2) and probe.predict(X[:5]).shape == (5,)
+    assert probe.decision_function(X[:5]).shape == (5,) and probe.predict_proba_layers(X[:5]).shape == (5, X.shape[1])
     with pytest.raises(ValueError, match="both classes"):
         LayerwiseLogistic().fit(X[:20], np.ones(20))
     with pytest.raises(ValueError, match="penalty"):
@@ -289,3 +299,140 @@ def test_auroc_of_a_constant_score_is_undefined_and_never_chosen():
     from vrp.probes.linear import nan_argmax
 
     assert nan_argmax(np.array([np.nan, 0.2, 0.6, np.nan])) == 2
+
+
+# ---------------------------------------------------------------- the scikit-learn classifier contract
+
+
+def _oracle(C: float, penalty: str = "l2"):
+    """scikit-learn's standardized logistic regression, the oracle of one layer's probe."""
+    kw = {"solver": "lbfgs", "l1_ratio": 0.0} if penalty == "l2" else {"solver": "saga", "l1_ratio": 1.0}
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-8, max_iter=10000, **kw))
+
+
+CV = StratifiedKFold(5, shuffle=True, random_state=0)
+
+
+@pytest.mark.parametrize(("penalty", "C", "layer"), [("l2", 0.1, 2), ("l2", 0.1, -1), ("l1", 0.1, 2)])
+def test_cross_val_score_of_a_clone_matches_sklearn_on_that_layer(data, penalty, C, layer):
+    X, y, _, _ = data
+    tol = 1e-7 if penalty == "l2" else 1e-6
+    fitted = LayerwiseLogistic(penalty=penalty, C=C, tol=tol, max_iter=3000, layer=layer).fit(X, y)
+    ours = cross_val_score(clone(fitted), X, y, cv=CV, scoring="roc_auc")  # X [n, L, d]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        oracle = cross_val_score(_oracle(C, penalty), X[:, layer], y, cv=CV, scoring="roc_auc")
+    np.testing.assert_allclose(ours, oracle, atol=1e-3)
+    if layer == PLANTED_LAYER:  # the planted layer's probe is informative: the comparison means something
+        assert ours.mean() > 0.75
+    else:
+        assert ours.mean() < 0.65
+
+
+def test_stacked_cross_val_score_matches_sklearn_on_the_concatenation(data):
+    X, y, _, _ = data
+    fitted = StackedLogistic(k=2, C=0.1, tol=1e-7, max_iter=3000).fit(X, y)
+    ours = cross_val_score(clone(fitted), X, y, cv=CV, scoring="roc_auc")
+    oracle = cross_val_score(_oracle(0.1), X[:, -2:].reshape(len(X), -1), y, cv=CV, scoring="roc_auc")
+    np.testing.assert_allclose(ours, oracle, atol=1e-3)
+    assert ours.mean() > 0.75
+
+
+def test_two_d_input_is_one_layer(data):
+    X, y, _, split = data
+    tr, te = split.train, split.test
+    probe = LayerwiseLogistic(C=0.1, tol=1e-7, max_iter=3000).fit(X[tr, PLANTED_LAYER], y[tr])  # [n, d]
+    assert probe.coef_.shape == (1, X.shape[2])
+    oracle = _oracle(0.1).fit(X[tr, PLANTED_LAYER], y[tr])
+    np.testing.assert_allclose(
+        probe.decision_function(X[te, PLANTED_LAYER]), oracle.decision_function(X[te, PLANTED_LAYER]), atol=2e-3
+    )
+    np.testing.assert_array_equal(
+        probe.decision_function(X[te, PLANTED_LAYER]), probe.decision_function(X[te, PLANTED_LAYER][:, None])
+    )
+    ours = cross_val_score(LayerwiseLogistic(C=0.1, tol=1e-7), X[:, PLANTED_LAYER], y, cv=CV, scoring="roc_auc")
+    want = cross_val_score(_oracle(0.1), X[:, PLANTED_LAYER], y, cv=CV, scoring="roc_auc")
+    np.testing.assert_allclose(ours, want, atol=1e-3)
+    multi = LayerwiseLogistic(C=0.1).fit(X[tr], y[tr])
+    with pytest.raises(ValueError, match="1 layers, the probe was fitted on 4"):
+        multi.predict_proba(X[te, 0])  # a 2-D X is one layer, not the chosen one
+
+
+@pytest.mark.parametrize("layer", [1, -2])
+def test_sklearn_methods_are_the_chosen_layer_of_the_per_layer_view(data, layer):
+    X, y, _, split = data
+    tr, te = split.train, split.test
+    probe = LayerwiseLogistic(C=0.1, layer=layer).fit(X[tr], y[tr])
+    k = layer % X.shape[1]
+    proba = probe.predict_proba(X[te])  # [n, 2]
+    assert proba.shape == (len(te), 2) and proba.dtype == np.float64
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(proba[:, 1], probe.predict_proba_layers(X[te])[:, k])
+    np.testing.assert_array_equal(proba[:, 0], 1.0 - proba[:, 1])
+    logits = probe.decision_function_layers(X[te])  # [n, L]
+    np.testing.assert_array_equal(probe.decision_function(X[te]), logits[:, k])
+    np.testing.assert_array_equal(probe.predict_proba_layers(X[te]), expit(logits))
+    labels = probe.predict(X[te])
+    np.testing.assert_array_equal(labels, (logits[:, k] > 0).astype(np.int64))
+    np.testing.assert_array_equal(labels, probe.classes_[proba.argmax(1)])
+    assert probe.score(X[te], y[te]) == accuracy_score(y[te], labels)
+    other = clone(probe).set_params(layer=0).fit(X[tr], y[tr])  # every layer is fitted whatever `layer` is
+    np.testing.assert_array_equal(other.coef_, probe.coef_)
+    np.testing.assert_array_equal(other.predict_proba(X[te])[:, 1], probe.predict_proba_layers(X[te])[:, 0])
+
+
+def test_calibrated_classifier_cv_accepts_the_probes(data):
+    X, y, _, split = data
+    tr, te = split.train, split.test
+    cv = StratifiedKFold(3, shuffle=True, random_state=1)
+    ours = CalibratedClassifierCV(LayerwiseLogistic(C=0.1, tol=1e-7, layer=PLANTED_LAYER), cv=cv).fit(X[tr], y[tr])
+    oracle = CalibratedClassifierCV(_oracle(0.1), cv=cv).fit(X[tr, PLANTED_LAYER], y[tr])
+    p = ours.predict_proba(X[te])
+    assert p.shape == (len(te), 2)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(p, oracle.predict_proba(X[te, PLANTED_LAYER]), atol=1e-3)
+    assert roc_auc_score(y[te], p[:, 1]) > 0.75
+    stacked = CalibratedClassifierCV(StackedLogistic(k=2, C=0.1, tol=1e-7), cv=cv).fit(X[tr], y[tr])
+    want = CalibratedClassifierCV(_oracle(0.1), cv=cv).fit(X[tr, -2:].reshape(len(tr), -1), y[tr])
+    np.testing.assert_allclose(
+        stacked.predict_proba(X[te]), want.predict_proba(X[te, -2:].reshape(len(te), -1)), atol=1e-3
+    )
+
+
+@pytest.mark.parametrize("make", [lambda: LayerwiseLogistic(C=[0.1, 1.0, 0.3, 0.01], layer=2, penalty="l1"),
+                                  lambda: StackedLogistic(k=3, C=0.05)])  # fmt: skip
+def test_clone_keeps_params_and_drops_fitted_state(data, make):
+    X, y, _, split = data
+    probe = make().fit(X[split.train], y[split.train])
+    assert is_classifier(probe) and probe.__sklearn_tags__().input_tags.three_d_array
+    copy = clone(probe)
+    assert type(copy) is type(probe)
+    assert copy.get_params() == probe.get_params()
+    fitted = [a for a in vars(probe) if a.endswith("_") and not a.startswith("_")]
+    assert {"coef_", "intercept_", "classes_"} <= set(fitted)
+    assert not [a for a in vars(copy) if a.endswith("_")]
+    with pytest.raises(NotFittedError):
+        check_is_fitted(copy)
+    with pytest.raises(NotFittedError):
+        copy.predict_proba(X[:3])
+
+
+def test_layer_is_validated_saved_and_defaults_for_old_files(data, tmp_path):
+    X, y, _, split = data
+    tr, te = split.train, split.test
+    with pytest.raises(ValueError, match="layer=4 is not one of the probe's 4 layers"):
+        LayerwiseLogistic(layer=4).fit(X[tr], y[tr])
+    with pytest.raises(ValueError, match=r"layer=1\.5"):
+        LayerwiseLogistic(layer=1.5).fit(X[tr], y[tr])
+    probe = LayerwiseLogistic(C=0.1, layer=-3).fit(X[tr], y[tr])
+    loaded = load_probe(save_probe(probe, tmp_path / "new"))
+    assert loaded.layer == -3
+    np.testing.assert_array_equal(loaded.predict_proba(X[te]), probe.predict_proba(X[te]))
+    tensors, meta = probe.get_state()
+    assert meta["params"]["layer"] == -3
+    del meta["params"]["layer"]  # a probe saved before `layer` existed
+    old = LayerwiseLogistic.from_state(tensors, json.loads(json.dumps(meta)))
+    assert old.layer == -1
+    np.testing.assert_array_equal(old.predict_proba(X[te])[:, 1], probe.predict_proba_layers(X[te])[:, -1])
+    with pytest.raises(ValueError, match="layer=-5"):
+        probe.set_params(layer=-5).predict(X[te])

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file, save_file
-from sklearn.base import clone
+from scipy.special import expit
+from sklearn.base import clone, is_classifier
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from vrp.probes.mlp import MLPProbe
 from vrp.probes.trees import TreeEnsembleProbe, interaction_feature_names, interaction_features
@@ -54,9 +60,9 @@ def test_mlp_learns_xor_that_a_linear_probe_cannot():
     Xtr, ytr, Xte, yte = X[:1500], y[:1500], X[1500:], y[1500:]
     mlp = MLPProbe(hidden=64, max_epochs=60, seed=0).fit(Xtr, ytr)
     linear = LogisticRegression().fit(Xtr, ytr)
-    assert roc_auc_score(yte, mlp.predict_proba(Xte)) > 0.9
+    assert roc_auc_score(yte, mlp.predict_proba(Xte)[:, 1]) > 0.9
     assert roc_auc_score(yte, linear.predict_proba(Xte)[:, 1]) < 0.65
-    assert mlp.predict_proba(Xte).shape == (1000,)
+    assert mlp.predict_proba(Xte).shape == (1000, 2)
     np.testing.assert_array_equal(mlp.predict(Xte), (mlp.decision_function(Xte) > 0).astype(int))
 
 
@@ -118,6 +124,30 @@ def test_mlp_accepts_float16_and_rejects_bad_input():
     assert clone(probe).get_params() == probe.get_params()
 
 
+def test_mlp_keeps_the_sklearn_classifier_contract():
+    X, y = _xor(400, 6, seed=5)
+    probe = _small_mlp(seed=1).fit(X[:300], y[:300])
+    assert is_classifier(probe)
+    proba, logits = probe.predict_proba(X[300:]), probe.decision_function(X[300:])
+    assert proba.shape == (100, 2) and logits.shape == (100,)
+    np.testing.assert_array_equal(proba[:, 1], expit(logits))
+    np.testing.assert_array_equal(proba[:, 0], 1.0 - proba[:, 1])
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(probe.predict(X[300:]), probe.classes_[proba.argmax(1)])
+    copy = clone(probe)
+    assert copy.get_params() == probe.get_params() and not hasattr(copy, "net_")
+    # cross_val_score refits a clone per fold: its fold scores are those of the same loop by hand
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    got = cross_val_score(copy, X, y, cv=cv, scoring="roc_auc")
+    want = [
+        roc_auc_score(y[te], clone(probe).fit(X[tr], y[tr]).predict_proba(X[te])[:, 1]) for tr, te in cv.split(X, y)
+    ]
+    np.testing.assert_array_equal(got, want)
+    cal = CalibratedClassifierCV(_small_mlp(seed=1), cv=cv).fit(X[:300], y[:300]).predict_proba(X[300:])
+    assert cal.shape == (100, 2)
+    np.testing.assert_allclose(cal.sum(1), 1.0, atol=1e-12)
+
+
 # ---------------------------------------------------------------- tree ensemble
 
 
@@ -156,7 +186,7 @@ def test_tree_probe_recovers_planted_interaction():
     X, y, names = _attention_features(1800, n_layers=6, seed=0)
     probe = TreeEnsembleProbe(kind="gbt", n_estimators=60, learning_rate=0.1, feature_names=names, seed=0)
     probe.fit(X[:1200], y[:1200])
-    assert roc_auc_score(y[1200:], probe.predict_proba(X[1200:])) > 0.9
+    assert roc_auc_score(y[1200:], probe.predict_proba(X[1200:])[:, 1]) > 0.9
     assert len(probe.feature_importances_) == len(probe.feature_names_out_) == probe.transform(X[:1]).shape[1]
     top = probe.feature_names_out_[int(np.argmax(probe.feature_importances_))]
     assert "_L3" in top and "fragmentation" not in top
@@ -166,8 +196,8 @@ def test_tree_probe_recovers_planted_interaction():
 def test_tree_export_matches_sklearn_and_reload_is_identical(kind, tmp_path):
     X, y, names = _attention_features(900, n_layers=4, seed=1)
     probe = TreeEnsembleProbe(kind=kind, n_estimators=40, feature_names=names, seed=0).fit(X[:600], y[:600])
-    oracle = probe.estimator_.predict_proba(probe.transform(X[600:]))[:, 1]
-    ours = probe.predict_proba(X[600:])
+    oracle = probe.estimator_.predict_proba(probe.transform(X[600:]))
+    ours = probe.predict_proba(X[600:])  # [n, 2]
     np.testing.assert_allclose(ours, oracle, rtol=0, atol=1e-12)
     loaded = _roundtrip(probe, tmp_path)
     assert loaded.estimator_ is None
@@ -191,7 +221,7 @@ def test_tree_export_follows_sklearn_at_thresholds(kind):
     # rows 0-199 on the threshold, 200-299 one float32 step below it, 300-399 one step above
     probe_rows[np.arange(200, 300), t["feature"][pick[200:300]]] = np.nextafter(on[200:300], np.float32(-np.inf))
     probe_rows[np.arange(300, 400), t["feature"][pick[300:]]] = np.nextafter(on[300:], np.float32(np.inf))
-    oracle = probe.estimator_.predict_proba(probe_rows)[:, 1]
+    oracle = probe.estimator_.predict_proba(probe_rows)
     np.testing.assert_allclose(probe.predict_proba(probe_rows), oracle, rtol=0, atol=1e-12)
 
 
@@ -213,3 +243,43 @@ def test_tree_probe_errors():
     with pytest.raises(ValueError, match="n_types"):
         TreeEnsembleProbe(n_types=4).fit(X, y)  # 6 columns are not layers of 4 types
     assert clone(probe).get_params() == probe.get_params()
+
+
+@pytest.mark.parametrize("kind", ["gbt", "rf"])
+def test_tree_probe_keeps_the_sklearn_classifier_contract(kind):
+    X, y, names = _attention_features(600, n_layers=3, seed=4, layer=1)
+    probe = TreeEnsembleProbe(kind=kind, n_estimators=20, feature_names=names, seed=0).fit(X[:400], y[:400])
+    assert is_classifier(probe)
+    proba = probe.predict_proba(X[400:])
+    assert proba.shape == (200, 2)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(probe.predict(X[400:]), (proba[:, 1] > 0.5).astype(np.int64))
+    assert probe.predict(X[400:]).shape == (200,)
+    if kind == "gbt":  # the raw log-odds, as scikit-learn's GradientBoostingClassifier.decision_function
+        raw = probe.decision_function(X[400:])
+        assert raw.shape == (200,)
+        np.testing.assert_allclose(
+            raw, probe.estimator_.decision_function(probe.transform(X[400:])), rtol=0, atol=1e-12
+        )
+        np.testing.assert_array_equal(proba[:, 1], expit(raw))
+    else:  # scikit-learn's random forest has no decision function; neither has this probe
+        assert not hasattr(probe, "decision_function")
+    copy = clone(probe)
+    assert copy.get_params() == probe.get_params() and not hasattr(copy, "trees_")
+    # oracle: scikit-learn's own ensemble on the same expanded features, in the same folds
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    ours = cross_val_score(copy, X, y, cv=cv, scoring="roc_auc")
+    common = {"n_estimators": 20, "min_samples_leaf": 5, "random_state": 0}
+    est = (
+        GradientBoostingClassifier(learning_rate=0.05, max_depth=3, **common)
+        if kind == "gbt"
+        else RandomForestClassifier(max_depth=None, **common)
+    )
+    oracle = cross_val_score(
+        make_pipeline(FunctionTransformer(interaction_features), est), X, y, cv=cv, scoring="roc_auc"
+    )
+    np.testing.assert_allclose(ours, oracle, rtol=0, atol=1e-12)
+    assert ours.mean() > 0.8
+    cal = CalibratedClassifierCV(clone(probe), cv=cv).fit(X[:400], y[:400]).predict_proba(X[400:])
+    assert cal.shape == (200, 2)
+    np.testing.assert_allclose(cal.sum(1), 1.0, atol=1e-12)

@@ -121,9 +121,10 @@ def train_probes(run_dir: Path, cfg: ProbeConfig | None = None) -> dict:
         if np.isnan(val_best).all():
             raise ValueError("every layer's probe is undefined on validation (constant activations)")
         layer = int(nan_argmax(val_best))
-        proba = res.model.predict_proba(X)  # [n, L]
+        proba = res.model.predict_proba_layers(X)  # [n, L]
         test_by_layer = [_auroc(proba[te, k], y[te]) for k in range(proba.shape[1])]
         preds[f"probe_{name}"] = proba[:, layer]
+        res.model.set_params(layer=layer)  # the saved probe's predict_proba(X)[:, 1] is preds[f"probe_{name}"]
         save_probe(res.model, out / f"probe_{name}")
         entry = {
             "layer_index": layer, "residual_layer": data["residual_layers"][layer],
@@ -141,12 +142,12 @@ def train_probes(run_dir: Path, cfg: ProbeConfig | None = None) -> dict:
     stacked = sweep_stacked(
         X[tr], y[tr], X[va], y[va], k=k, penalty="l2", Cs=cfg.cs, seed=cfg.seed, max_iter=cfg.max_iter
     ).model
-    preds["probe_stacked"] = stacked.predict_proba(X)
+    preds["probe_stacked"] = stacked.predict_proba(X)[:, 1]
     save_probe(stacked, out / "probe_stacked")
     summary["probes"]["probe_stacked"] = _entry(preds["probe_stacked"], y, va, te, k=k, C=stacked.C)
 
     mlp = MLPProbe(hidden=cfg.mlp_hidden, seed=cfg.seed).fit(X[tr, best], y[tr], X[va, best], y[va])
-    preds["probe_mlp"] = mlp.predict_proba(X[:, best])
+    preds["probe_mlp"] = mlp.predict_proba(X[:, best])[:, 1]
     save_probe(mlp, out / "probe_mlp")
     summary["probes"]["probe_mlp"] = _entry(preds["probe_mlp"], y, va, te, layer_index=best)
 
@@ -159,7 +160,7 @@ def train_probes(run_dir: Path, cfg: ProbeConfig | None = None) -> dict:
         for kind in ("gbt", "rf")
     }
     for kind, model in ensembles.items():
-        preds[f"attn_ensemble_{kind}"] = model.predict_proba(np.nan_to_num(feats))
+        preds[f"attn_ensemble_{kind}"] = model.predict_proba(np.nan_to_num(feats))[:, 1]
         save_probe(model, out / f"attn_ensemble_{kind}")
         summary["probes"][f"attn_ensemble_{kind}"] = _entry(preds[f"attn_ensemble_{kind}"], y, va, te)
 

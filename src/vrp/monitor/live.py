@@ -95,7 +95,7 @@ class Monitor:
         self.threshold = float(info["threshold"]["value"])
         p = info["probe"]
         self.residual_layer = int(p["residual_layer"])
-        self.probe = LayerwiseLogistic(penalty=p.get("penalty", "l2"), C=p.get("C") or 1.0)
+        self.probe = LayerwiseLogistic(penalty=p.get("penalty", "l2"), C=p.get("C") or 1.0, layer=0)
         self.probe.coef_ = arrays["coef"][None].astype(np.float32)  # [1, d]
         self.probe.intercept_ = arrays["intercept"].astype(np.float32)  # [1]
         self.probe.mean_ = arrays["mean"][None].astype(np.float32)
@@ -212,8 +212,8 @@ class Monitor:
 
         The residuals are rounded as the run stored them (``probe.input_dtype``), then the
         arithmetic of :meth:`LayerwiseLogistic.predict_proba`: float32 standardization and dot
-        product, float64 sigmoid. It agrees with ``self.probe.predict_proba`` up to float32
-        summation order (~1e-6 relative).
+        product, float64 sigmoid. It agrees with ``self.probe.predict_proba(x)[:, 1]`` (x the
+        rounded residuals [n, d]) up to float32 summation order (~1e-6 relative).
         """
         h = torch.as_tensor(residuals).detach().to("cpu", torch.float32)  # [n, d]
         x = h.to(self._round).to(torch.float32)

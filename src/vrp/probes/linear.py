@@ -15,10 +15,17 @@ that fast.
 Standardization (per layer and unit, mean and population standard deviation fitted on the
 training items; constant units get scale 1, as in ``StandardScaler``) is part of the estimator,
 so ``coef_`` lives in standardized units: ``decision = ((x - mean_) / scale_) @ coef_ + intercept_``.
+
+The estimators keep scikit-learn's classifier contract (``predict_proba`` [n, 2], ``decision_function``
+and ``predict`` [n], ``classes_ = [0, 1]``), so ``clone``, ``cross_val_score`` and
+``CalibratedClassifierCV`` take them as they are. :class:`LayerwiseLogistic` answers these with the
+probe of one layer (its ``layer`` parameter); the per-layer view is
+:meth:`LayerwiseLogistic.decision_function_layers` / :meth:`LayerwiseLogistic.predict_proba_layers`.
 """
 
 from __future__ import annotations
 
+import operator
 import warnings
 from dataclasses import dataclass
 
@@ -26,7 +33,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 from scipy.stats import rankdata
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
@@ -58,9 +65,12 @@ def nan_argmax(a: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def _check_X(X, n_layers: int | None = None) -> np.ndarray:
+    """X as a float array [n, L, d]; a 2-D [n, d] array is one layer, [n, 1, d] (a view)."""
     X = np.asarray(X)
+    if X.ndim == 2:
+        X = X[:, None, :]
     if X.ndim != 3 or not np.issubdtype(X.dtype, np.floating):
-        raise ValueError(f"X must be a float array [items, layers, units], got {X.dtype} {X.shape}")
+        raise ValueError(f"X must be a float array [items, layers, units] or [items, units], got {X.dtype} {X.shape}")
     if n_layers is not None and X.shape[1] != n_layers:
         raise ValueError(f"X has {X.shape[1]} layers, the probe was fitted on {n_layers}")
     return X
@@ -128,6 +138,11 @@ def _solve(penalty: str, Xs, y: np.ndarray, C: np.ndarray, max_iter: int, tol: f
     return solve(Xs, yt, l2, max_iter, tol, seed=seed)
 
 
+def _proba_columns(p1: np.ndarray) -> np.ndarray:
+    """[n, 2] columns P(y=0), P(y=1) from P(y=1) [n] (as scikit-learn's binary LogisticRegression)."""
+    return np.stack([1.0 - p1, p1], axis=1)
+
+
 def _warn_unconverged(converged: torch.Tensor, max_iter: int) -> None:
     if not bool(converged.all()):
         layers = sorted({int(i) for i in torch.nonzero(~converged)[:, 0]})
@@ -138,8 +153,13 @@ def _warn_unconverged(converged: torch.Tensor, max_iter: int) -> None:
         )
 
 
-class LayerwiseLogistic(BaseEstimator):
-    """One logistic regression per layer, all fitted at once.
+class LayerwiseLogistic(ClassifierMixin, BaseEstimator):
+    """One logistic regression per layer, all fitted at once; scikit-learn's methods use one of them.
+
+    ``fit`` takes X [n, L, d] (or [n, d], one layer) and fits every layer's probe. The
+    scikit-learn classifier methods (``decision_function``, ``predict_proba``, ``predict``,
+    ``score``) answer with the probe of layer ``layer``; :meth:`decision_function_layers` and
+    :meth:`predict_proba_layers` give every layer's.
 
     Args:
         penalty: ``"l2"`` (dense probe) or ``"l1"`` (sparse probe).
@@ -150,12 +170,16 @@ class LayerwiseLogistic(BaseEstimator):
         standardize: standardize each unit of each layer on the training items.
         device: torch device of the computation (``"cpu"``, ``"cuda"``).
         seed: seeds the randomized eigen-sketch behind the L2 solver's preconditioner.
+        layer: the fitted layer (an index into X's second axis; negative counts from the end)
+            whose probe the scikit-learn methods use. Every layer is fitted whatever its value.
 
     Fitted attributes: ``coef_`` [L, d] (standardized units), ``intercept_`` [L], ``mean_`` and
     ``scale_`` [L, d], ``n_iter_`` [L], ``converged_`` [L], ``classes_`` ([0, 1]).
     """
 
-    def __init__(self, penalty="l2", C=1.0, max_iter=300, tol=1e-4, standardize=True, device="cpu", seed=0):
+    def __init__(
+        self, penalty="l2", C=1.0, max_iter=300, tol=1e-4, standardize=True, device="cpu", seed=0, layer: int = -1
+    ):
         self.penalty = penalty
         self.C = C
         self.max_iter = max_iter
@@ -163,15 +187,40 @@ class LayerwiseLogistic(BaseEstimator):
         self.standardize = standardize
         self.device = device
         self.seed = seed
+        self.layer = layer
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        return tags
 
     def _C_per_layer(self, n_layers: int) -> np.ndarray:
         C = np.broadcast_to(np.asarray(self.C, dtype=np.float64), (n_layers,))
         return np.array(C)
 
+    def _layer_index(self, n_layers: int) -> int:
+        """``layer`` resolved to 0..n_layers-1; a ValueError when it is not one of the layers."""
+        try:
+            k = operator.index(self.layer)
+        except TypeError:
+            k = None
+        if k is None or not -n_layers <= k < n_layers:
+            raise ValueError(f"layer={self.layer!r} is not one of the probe's {n_layers} layers")
+        return k % n_layers
+
     def fit(self, X, y) -> LayerwiseLogistic:
-        """Fit on X [n, L, d] (float16 accepted, computed in float32) and y [n] in {0, 1}."""
+        """Fit every layer's probe.
+
+        Args:
+            X: [n, L, d] activations (or [n, d]: one layer); float16 accepted, computed in float32.
+            y: [n] labels in {0, 1}, both present.
+
+        Returns:
+            self.
+        """
         X = _check_X(X)
         y = _check_y(y, X.shape[0])
+        self._layer_index(X.shape[1])  # validate before the fit
         C = self._C_per_layer(X.shape[1])[:, None]  # [L, 1]
         _strengths(self.penalty, C, X.shape[0])  # validate before the standardization pass
         Xs, mean, scale = _standardize(X, self.standardize, self.device)
@@ -189,19 +238,41 @@ class LayerwiseLogistic(BaseEstimator):
         self.converged_ = converged.cpu().numpy()  # [L]
         self.classes_ = np.array([0, 1])
 
-    def decision_function(self, X) -> np.ndarray:
-        """Logits [n, L], one column per layer's probe."""
+    def decision_function_layers(self, X) -> np.ndarray:
+        """Every layer's logits.
+
+        Args:
+            X: [n, L, d] activations of the fitted layers (or [n, d] for a one-layer probe).
+
+        Returns:
+            float64 [n, L]: column l is layer l's probe.
+        """
         check_is_fitted(self, "coef_")
         X = _check_X(X, self.coef_.shape[0])
         return _decision(X, self.mean_, self.scale_, self.coef_[:, None], self.intercept_[:, None], self.device)[..., 0]
 
+    def predict_proba_layers(self, X) -> np.ndarray:
+        """Every layer's P(y = 1): float64 [n, L] for X [n, L, d] (``expit`` of :meth:`decision_function_layers`)."""
+        return expit(self.decision_function_layers(X))
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits of the ``layer`` probe: float64 [n] for X [n, L, d] (or [n, d], one layer).
+
+        Equal, bit for bit, to ``decision_function_layers(X)[:, layer]`` (it computes every layer's).
+        """
+        check_is_fitted(self, "coef_")
+        return self.decision_function_layers(X)[:, self._layer_index(self.coef_.shape[0])]
+
     def predict_proba(self, X) -> np.ndarray:
-        """P(y = 1) [n, L] per layer (unlike scikit-learn's [n, 2]: the second axis is the layer)."""
-        return expit(self.decision_function(X))
+        """Probabilities of the ``layer`` probe: float64 [n, 2], columns P(y = 0), P(y = 1) (``classes_``).
+
+        Column 1 equals ``predict_proba_layers(X)[:, layer]``; X is [n, L, d] (or [n, d], one layer).
+        """
+        return _proba_columns(expit(self.decision_function(X)))
 
     def predict(self, X) -> np.ndarray:
-        """Predicted labels [n, L] per layer."""
-        return (self.decision_function(X) > 0).astype(np.int64)
+        """Labels of the ``layer`` probe: int64 [n] (1 where its logit is positive)."""
+        return self.classes_[(self.decision_function(X) > 0).astype(np.int64)]
 
     def selected_units(self) -> list[np.ndarray]:
         """Per layer, the units with a non-zero weight (the L1 probe's candidate reliability neurons)."""
@@ -211,12 +282,13 @@ class LayerwiseLogistic(BaseEstimator):
         """Arrays and JSON metadata for :func:`vrp.probes.io.save_probe`."""
         params = self.get_params()
         params["C"] = np.asarray(self.C, dtype=np.float64).tolist()
+        params["layer"] = int(self.layer)
         names = ("coef_", "intercept_", "mean_", "scale_", "n_iter_", "converged_")
         return {k.rstrip("_"): np.ascontiguousarray(getattr(self, k)) for k in names}, {"params": params}
 
     @classmethod
     def from_state(cls, tensors: dict[str, np.ndarray], meta: dict) -> LayerwiseLogistic:
-        """Inverse of :meth:`get_state`."""
+        """Inverse of :meth:`get_state` (params saved before ``layer`` existed get the default, -1)."""
         probe = cls(**meta["params"])
         for k in ("coef", "intercept", "mean", "scale", "n_iter", "converged"):
             setattr(probe, k + "_", np.asarray(tensors[k]))
@@ -224,8 +296,10 @@ class LayerwiseLogistic(BaseEstimator):
         return probe
 
 
-class StackedLogistic(BaseEstimator):
+class StackedLogistic(ClassifierMixin, BaseEstimator):
     """Logistic probe on the concatenated last ``k`` layers: X [n, L, d] -> [n, k * d].
+
+    A scikit-learn classifier: ``decision_function`` and ``predict`` [n], ``predict_proba`` [n, 2].
 
     Args:
         k: number of final layers stacked.
@@ -245,19 +319,24 @@ class StackedLogistic(BaseEstimator):
         self.device = device
         self.seed = seed
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        return tags
+
     def stack(self, X) -> np.ndarray:
-        """The stacked features [n, 1, k * d] of X [n, L, d]."""
+        """The stacked features [n, 1, k * d] of X [n, L, d] (a 2-D X [n, d] is one layer)."""
         X = _check_X(X, getattr(self, "n_layers_in_", None))
         if not 1 <= self.k <= X.shape[1]:
             raise ValueError(f"k={self.k} must be between 1 and the number of layers {X.shape[1]}")
         return X[:, -self.k :, :].reshape(X.shape[0], 1, -1)
 
     def fit(self, X, y) -> StackedLogistic:
-        """Fit on X [n, L, d] and y [n] in {0, 1}."""
+        """Fit on X [n, L, d] and y [n] in {0, 1}; returns self."""
         Xk = self.stack(X)
         params = {k: v for k, v in self.get_params().items() if k != "k"}
         self.probe_ = LayerwiseLogistic(**params).fit(Xk, y)
-        self._adopt(np.asarray(X).shape[1])
+        self._adopt(_check_X(X).shape[1])
         return self
 
     def _adopt(self, n_layers: int) -> None:
@@ -267,17 +346,17 @@ class StackedLogistic(BaseEstimator):
         self.classes_ = np.array([0, 1])
 
     def decision_function(self, X) -> np.ndarray:
-        """Logits [n]."""
+        """Logits: float64 [n] for X [n, L, d]."""
         check_is_fitted(self, "probe_")
-        return self.probe_.decision_function(self.stack(X))[:, 0]
+        return self.probe_.decision_function_layers(self.stack(X))[:, 0]
 
     def predict_proba(self, X) -> np.ndarray:
-        """P(y = 1) [n]."""
-        return expit(self.decision_function(X))
+        """Probabilities: float64 [n, 2], columns P(y = 0), P(y = 1) (``classes_``), for X [n, L, d]."""
+        return _proba_columns(expit(self.decision_function(X)))
 
     def predict(self, X) -> np.ndarray:
-        """Predicted labels [n]."""
-        return (self.decision_function(X) > 0).astype(np.int64)
+        """Predicted labels: int64 [n] (1 where the logit is positive)."""
+        return self.classes_[(self.decision_function(X) > 0).astype(np.int64)]
 
     def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for :func:`vrp.probes.io.save_probe`."""
@@ -359,6 +438,7 @@ def sweep(X_train, y_train, X_val, y_val, penalty="l2", Cs=(0.001, 0.01, 0.1, 1.
     Cs = tuple(sorted(float(c) for c in Cs))
     est = LayerwiseLogistic(penalty=penalty, **kw)
     n, L, _ = X_train.shape
+    est._layer_index(L)  # validate before the fit
     C = np.tile(np.asarray(Cs), (L, 1))  # [L, K]
     _strengths(penalty, C, n)
     Xs, mean, scale = _standardize(X_train, est.standardize, est.device)

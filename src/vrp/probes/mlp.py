@@ -232,16 +232,16 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
         return out
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """P(correct) for ``X`` [n, d].
+        """Probabilities for ``X`` [n, d]: float64 [n, 2], columns P(incorrect), P(correct) (``classes_``).
 
-        Unlike scikit-learn's ``[n, 2]`` this returns only the positive-class column, float64 [n]
-        (scikit-learn's ``predict_proba(X)[:, 1]``).
+        Column 1 is ``expit(decision_function(X))``; column 0 is one minus it.
         """
-        return expit(self.decision_function(X))
+        p1 = expit(self.decision_function(X))
+        return np.stack([1.0 - p1, p1], axis=1)
 
     def predict(self, X: Any) -> np.ndarray:
         """Hard labels (int64 [n]): 1 where the logit is positive."""
-        return (self.decision_function(X) > 0).astype(np.int64)
+        return self.classes_[(self.decision_function(X) > 0).astype(np.int64)]
 
     def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
         """Float32 weight arrays (safetensors-ready) and a JSON-serializable dict of parameters and fit info."""

@@ -35,6 +35,7 @@ import numpy as np
 from scipy.special import expit, logit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 _CHUNK_CELLS = 1 << 21  # trees x samples traversed at once
@@ -238,12 +239,8 @@ class TreeEnsembleProbe(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """P(correct) for ``X`` [n, L*T], from the exported tree arrays.
-
-        Unlike scikit-learn's ``[n, 2]`` this returns only the positive-class column, float64 [n]; it equals
-        the scikit-learn estimator's ``predict_proba(self.transform(X))[:, 1]``.
-        """
+    def _scores(self, X: Any) -> np.ndarray:
+        """float64 [n] for ``X`` [n, L*T] from the exported tree arrays: the raw log-odds ("gbt") or P(correct) ("rf")."""
         check_is_fitted(self, "trees_")
         Z32 = np.ascontiguousarray(self.transform(X), dtype=np.float32)  # sklearn trees see float32 inputs
         n_trees = self.trees_["tree_offsets"].shape[0] - 1
@@ -255,7 +252,7 @@ class TreeEnsembleProbe(ClassifierMixin, BaseEstimator):
                 raw = np.full(vals.shape[1], self.init_raw_, dtype=np.float64)
                 for v in vals:
                     raw += self.learning_rate * v
-                out[start : start + chunk] = expit(raw)
+                out[start : start + chunk] = raw
             else:  # mean of per-tree class-1 fractions, summed in tree order then divided
                 acc = np.zeros(vals.shape[1], dtype=np.float64)
                 for v in vals:
@@ -264,9 +261,28 @@ class TreeEnsembleProbe(ClassifierMixin, BaseEstimator):
                 out[start : start + chunk] = acc
         return out
 
+    @available_if(lambda self: self.kind == "gbt")
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Raw log-odds of P(correct), float64 [n], for ``X`` [n, L*T] ("gbt" only, as in scikit-learn).
+
+        Equals the scikit-learn estimator's ``decision_function(self.transform(X))``. A random forest has
+        no decision function (scikit-learn's has none either): the attribute is absent for ``kind="rf"``.
+        """
+        return self._scores(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Probabilities for ``X`` [n, L*T]: float64 [n, 2], columns P(incorrect), P(correct) (``classes_``).
+
+        Column 1 equals the scikit-learn estimator's ``predict_proba(self.transform(X))[:, 1]``; column 0 is
+        one minus it.
+        """
+        s = self._scores(X)
+        p1 = expit(s) if self.kind == "gbt" else s
+        return np.stack([1.0 - p1, p1], axis=1)
+
     def predict(self, X: Any) -> np.ndarray:
         """Hard labels (int64 [n]): 1 where P(correct) > 0.5."""
-        return (self.predict_proba(X) > 0.5).astype(np.int64)
+        return self.classes_[(self.predict_proba(X)[:, 1] > 0.5).astype(np.int64)]
 
     def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
         """Flat tree arrays (safetensors-ready) and a JSON-serializable dict; see :func:`_export_trees`."""
