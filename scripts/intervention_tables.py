@@ -4,9 +4,9 @@ For each toy: `vrp run` on ShapesWorld, `vrp probe`, then `vrp intervene` with t
 probe's top units vs random units at every layer, random mass ablation at the peak layer,
 MLP bypass at every layer, and top-30% patch masking vs random patches. Prints markdown
 tables of the paired accuracy deltas (pp, 95% paired-bootstrap CI) overall and on existence
-(object identification); with --readme also writes them into README.md.
+(object identification); with --write also puts them into docs/interventions.md.
 
-    python scripts/intervention_tables.py --out runs/interventions [--images 150] [--readme]
+    python scripts/intervention_tables.py --out runs/interventions [--images 150] [--write]
     python scripts/intervention_tables.py --out runs/interventions --arch llava   # one model's runs only
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_block import print_or_replace
+from readme_block import ROOT, print_or_replace
 
 EXPERIMENTS = [
     ("neurons", ["--k", "16"]),
@@ -35,6 +35,7 @@ def vrp(*args: str) -> None:
 
 
 ARCHS = ("llava", "paligemma", "qwen2vl")
+TARGET = ROOT / "docs" / "interventions.md"
 
 
 def run_all(out: Path, images: int, n_boot: int, archs=ARCHS) -> None:
@@ -73,14 +74,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=150)
     ap.add_argument("--n-boot", type=int, default=10_000)
     ap.add_argument("--tables-only", action="store_true", help="only format existing results")
-    ap.add_argument("--readme", action="store_true")
+    ap.add_argument("--write", action="store_true", help="also put the table into docs/interventions.md")
     ap.add_argument("--arch", action="append", choices=ARCHS, help="run only these (repeatable); tables need all")
     args = ap.parse_args()
     if not args.tables_only:
         run_all(args.out, args.images, args.n_boot, args.arch or ARCHS)
         if args.arch and set(args.arch) != set(ARCHS):
             return
-    print_or_replace("intervention-table", tables(args.out), sys.argv)
+    print_or_replace("intervention-table", tables(args.out), sys.argv, TARGET)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
-"""Print the README's table of per-item signals from ``vrp.signals.catalog``.
+"""Print the table of per-item signals from ``vrp.signals.catalog`` (the one in docs/signals.md).
 
-python scripts/signal_table.py            # print the markdown table
-python scripts/signal_table.py --readme   # replace the table between the markers in README.md
+python scripts/signal_table.py           # print the markdown table
+python scripts/signal_table.py --write   # replace the table between the markers in docs/signals.md
 """
 
 from __future__ import annotations
 
 import sys
 
-from readme_block import print_or_replace
+from readme_block import ROOT, print_or_replace
 
 from vrp.signals.catalog import SIGNALS
+
+TARGET = ROOT / "docs" / "signals.md"
 
 
 def table() -> str:
@@ -22,7 +24,7 @@ def table() -> str:
 
 
 def main() -> None:
-    print_or_replace("signal-table", table(), sys.argv)
+    print_or_replace("signal-table", table(), sys.argv, TARGET)
 
 
 if __name__ == "__main__":

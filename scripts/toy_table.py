@@ -1,19 +1,18 @@
-"""Print the README's toy-model accuracy table from the shipped checkpoints' eval.json files.
+"""Print the toy-model accuracy table (the one in docs/toys.md) from the shipped checkpoints' eval.json files.
 
-python scripts/toy_table.py            # print the markdown table
-python scripts/toy_table.py --readme   # replace the table between the markers in README.md
+python scripts/toy_table.py           # print the markdown table
+python scripts/toy_table.py --write   # replace the table between the markers in docs/toys.md
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from readme_block import print_or_replace
+from readme_block import ROOT, print_or_replace
 
-ROOT = Path(__file__).resolve().parent.parent
-CKPT = ROOT / "src" / "vrp" / "world" / "checkpoints"
+CKPT = ROOT / "src" / "vrp" / "toys" / "checkpoints"
+TARGET = ROOT / "docs" / "toys.md"
 TASKS = ("existence", "counting", "spatial", "attribute")
 
 
@@ -40,7 +39,7 @@ def table() -> str:
 
 
 def main() -> None:
-    print_or_replace("toy-table", table(), sys.argv)
+    print_or_replace("toy-table", table(), sys.argv, TARGET)
 
 
 if __name__ == "__main__":
