@@ -7,7 +7,7 @@ For each model, three ways of answering one item, measured side by side in one p
     batched     K samples by ``vrp.capture.sampling.sample_answers``: one generate call
                 over B x K rows, seeded per item and sample (vision tower and prompt run again)
     continued   the same K samples continued from the cached prompt of the greedy capture
-                pass (``capture_generate(keep_prefix=True)``), as ``vrp run`` draws them: only
+                pass (``capture_with_prefix``), as ``vrp run`` draws them: only
                 the sampling call is timed, the capture pass it continues from is not
     sequential  K calls of HF ``generate(do_sample=True, temperature, top_p)``, one sample
                 each (what a naive implementation does)
@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def bench_model(model: str, k: int, rounds: int, new_tokens: int, size: int, temperature: float, top_p: float) -> dict:
     import torch
 
-    from vrp.capture.engine import CaptureConfig, capture_generate
+    from vrp.capture.engine import CaptureConfig, capture_with_prefix
     from vrp.capture.sampling import sample_answers
     from vrp.models import load_adapter
     from vrp.world.dataset import generate
@@ -61,8 +61,8 @@ def bench_model(model: str, k: int, rounds: int, new_tokens: int, size: int, tem
         sample_answers(ad, [image], [prompt], [0], k=k, temperature=temperature, top_p=top_p, max_new_tokens=new_tokens)
 
     def continued():
-        _, prefix = capture_generate(
-            ad, [image], [prompt], CaptureConfig(max_new_tokens=new_tokens, attention=False), keep_prefix=True
+        _, prefix = capture_with_prefix(
+            ad, [image], [prompt], CaptureConfig(max_new_tokens=new_tokens, attention=False)
         )
         t = time.perf_counter()
         sample_answers(

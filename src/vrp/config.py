@@ -1,12 +1,207 @@
-"""Run options as frozen dataclasses: the CLI is a thin layer over these objects."""
+"""Options as frozen dataclasses: the one source of every default.
+
+The CLI is a thin layer over these objects: its options take their defaults from the fields
+here and their help text from the ``Attributes:`` section of each class docstring
+(:func:`field_help`). Every config dataclass of the package validates its fields' declared
+types on construction (:func:`validate_types`) and is built from a dict with :func:`from_dict`,
+which rejects unknown keys.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import inspect
+import re
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Literal, Union
 
 
 class ConfigError(ValueError):
     """An invalid or unknown configuration value."""
+
+
+# ---- validation shared by every config dataclass ----------------------------------------
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is an instance of the annotation ``hint`` (the subset configs use)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # an int is a valid float, a bool is not
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False
+        return not args or all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    raise TypeError(f"validate_types does not know the annotation {hint!r}")
+
+
+def validate_types(obj: Any, error: type[Exception] = ConfigError) -> None:
+    """Check every field of the dataclass instance ``obj`` against its declared type.
+
+    Handles ``int``, ``float`` (ints accepted), ``bool``, ``str``, ``X | None``, ``Literal``,
+    ``tuple[T, ...]``, fixed-length tuples, ``list[T]`` and ``dict[K, V]``; a bool is never
+    taken for a number. An annotation it does not know is a ``TypeError`` (fail loudly).
+
+    Raises:
+        error: naming the class, the field, the declared type and the value given.
+    """
+    cls = type(obj)
+    hints = typing.get_type_hints(cls)
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if not _matches(value, hints[f.name]):
+            raise error(
+                f"{cls.__name__}.{f.name} must be {_type_name(hints[f.name])}, got {type(value).__name__} {value!r}"
+            )
+
+
+def check_keys(cls: type, d: dict, error: type[Exception] = ConfigError) -> None:
+    """Raise ``error`` naming the keys of ``d`` that are not fields of the dataclass ``cls``."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise error(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(known)}")
+
+
+def from_dict(cls: type, d: dict, error: type[Exception] = ConfigError) -> Any:
+    """Build the config dataclass ``cls`` from a JSON-like dict: unknown keys are an error,
+    and lists become tuples where the field is declared a tuple (JSON has no tuples)."""
+    check_keys(cls, d, error)
+    hints = typing.get_type_hints(cls)
+
+    def tuple_typed(hint: Any) -> bool:
+        return typing.get_origin(hint) is tuple or any(tuple_typed(a) for a in typing.get_args(hint))
+
+    return cls(**{k: tuple(v) if isinstance(v, list) and tuple_typed(hints[k]) else v for k, v in d.items()})
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default value of field ``name`` of the dataclass ``cls`` (ConfigError if it has none)."""
+    f = {f.name: f for f in fields(cls)}.get(name)
+    if f is None:
+        raise ConfigError(f"{cls.__name__} has no field {name!r}")
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise ConfigError(f"{cls.__name__}.{name} has no default")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's description from the ``Attributes:`` section of the class docstring
+    (Google style: ``name: text``, continuation lines indented deeper), as one line."""
+    doc = inspect.getdoc(cls) or ""
+    m = re.search(r"^Attributes:\n(.*?)(?:\n\S|\Z)", doc, flags=re.S | re.M)
+    out: dict[str, str] = {}
+    if not m:
+        return out
+    name = None
+    for line in m.group(1).splitlines():
+        head = re.match(r"^ {4}(\w+): (.*)$", line)
+        if head:
+            name = head.group(1)
+            out[name] = head.group(2).strip()
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+    return out
+
+
+# ---- what one item is traced with ------------------------------------------------------
+
+RHO_RULES = ("mass", "patches")
+_CAPTURE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """What :func:`vrp.trace` records and computes for each item (and a run for each batch).
+
+    Attributes:
+        max_new_tokens: greedy answer length cap.
+        samples: K answers sampled per item for self-consistency (0 = none).
+        temperature: sampling temperature of the K samples.
+        top_p: nucleus mass of the K samples.
+        seed: seed of every sampled quantity: an item's K samples are seeded from (seed, item id).
+        rho: attention mass (rule "mass") or patch fraction (rule "patches") kept for the
+            component counts.
+        rho_rule: "mass" (smallest patch set holding rho of the mass) or "patches" (the top
+            rho fraction of patches, the reference code's rule).
+        layers: decoder blocks recorded (0-based; None = all). The signals need all of them.
+        batch_size: items per generate call.
+        dtype: storage dtype of the recorded residuals and sub-block writes (float32, float16,
+            bfloat16); attention and log-probabilities are always float32.
+    """
+
+    max_new_tokens: int = 10
+    samples: int = 10
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+    rho: float = 0.10
+    rho_rule: str = "mass"
+    layers: tuple[int, ...] | None = None
+    batch_size: int = 16
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        validate_types(self)
+        _check(
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.samples >= 0, f"samples must be >= 0, got {self.samples}"),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (0 < self.rho <= 1, f"rho must be in (0, 1], got {self.rho}"),
+            (self.rho_rule in RHO_RULES, f"rho_rule must be 'mass' or 'patches', got {self.rho_rule!r}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.dtype in _CAPTURE_DTYPES, f"dtype must be one of {', '.join(_CAPTURE_DTYPES)}, got {self.dtype!r}"),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TraceConfig:
+        """Build from a dict; unknown keys are an error, not silently dropped."""
+        return from_dict(cls, d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check(*checks: tuple[bool, str]) -> None:
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+# ---- what a run computes -----------------------------------------------------------------
+
+_TRACE = TraceConfig()
 
 
 @dataclass(frozen=True)
@@ -14,10 +209,9 @@ class RunConfig:
     """Everything that determines what ``vrp run`` computes.
 
     Attributes:
-        model: a shipped toy name (toy-llava, toy-paligemma, toy-qwen2vl) or a local
-            model directory written by ``save_pretrained``.
-        data: ``shapesworld`` (generate the embedded default), ``shapesworld:N`` (N
-            images), or ``[FORMAT:]PATH`` of a dataset on disk (see README "Data").
+        model: shipped toy name (toy-llava, toy-paligemma, toy-qwen2vl) or a local model folder
+            written by save_pretrained.
+        data: shapesworld, shapesworld:N, or [FORMAT:]PATH of a dataset on disk (docs/data.md).
         out: the run directory.
         limit: answer at most this many items (after loading, in file order).
         seed: seed of the generated data and of every sampled quantity.
@@ -25,39 +219,38 @@ class RunConfig:
         max_new_tokens: greedy answer length cap.
         device: torch device string.
         dtype: model dtype (float32, float16, bfloat16).
-        world_images: images in the default ShapesWorld set when ``data`` gives none.
+        world_images: images in the default ShapesWorld set when data gives none.
         samples: K answers sampled per item for self-consistency (0 = none).
         temperature: sampling temperature of the K samples.
         top_p: nucleus mass of the K samples.
-        rho: attention mass (rule "mass") or patch fraction (rule "patches") kept for the
+        rho: attention mass (rule mass) or patch fraction (rule patches) kept for the
             component counts.
-        rho_rule: "mass" (smallest patch set holding rho of the mass) or "patches" (the top
+        rho_rule: mass (smallest patch set holding rho of the mass) or patches (the top
             rho fraction of patches, the reference code's rule).
         store_layers: decoder blocks whose residuals and attention maps are stored in the
-            shards: "all", "none", or a comma list such as "0,8,16,-1" (signals always use
-            every layer).
-        store_attention: "mean" (head-averaged map per layer), "heads" (one map per head)
-            or "none".
+            shards: all, none, or a comma list such as 0,8,16,-1 (signals always use every layer).
+        store_attention: stored attention maps: mean (head-averaged map per layer), heads (one
+            map per head) or none.
         store_residuals: store the decision-position residual stream.
-        engine: "local" (this process) or "ray" (one model replica per Ray worker).
-        workers: Ray workers (engine "ray" only).
+        engine: local (this process) or ray (one model replica per Ray worker).
+        workers: Ray workers (engine ray only).
     """
 
     model: str = "toy-llava"
     data: str = "shapesworld"
     out: str = "runs/default"
     limit: int | None = None
-    seed: int = 0
-    batch_size: int = 16
-    max_new_tokens: int = 10
+    seed: int = _TRACE.seed
+    batch_size: int = _TRACE.batch_size
+    max_new_tokens: int = _TRACE.max_new_tokens
     device: str = "cpu"
     dtype: str = "float32"
     world_images: int = 300
-    samples: int = 10
-    temperature: float = 0.7
-    top_p: float = 0.9
-    rho: float = 0.10
-    rho_rule: str = "mass"
+    samples: int = _TRACE.samples
+    temperature: float = _TRACE.temperature
+    top_p: float = _TRACE.top_p
+    rho: float = _TRACE.rho
+    rho_rule: str = _TRACE.rho_rule
     store_layers: str = "all"
     store_attention: str = "mean"
     store_residuals: bool = True
@@ -65,40 +258,25 @@ class RunConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            want = {"int": int, "str": str, "float": (int, float), "bool": bool, "int | None": (int, type(None))}[
-                f.type
-            ]
-            if not isinstance(v, want) or (isinstance(v, bool) and f.type != "bool"):
-                raise ConfigError(f"{f.name} must be {f.type}, got {type(v).__name__} {v!r}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {self.limit}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise ConfigError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
-        if self.world_images < 1:
-            raise ConfigError(f"world_images must be >= 1, got {self.world_images}")
-        if self.samples < 0:
-            raise ConfigError(f"samples must be >= 0, got {self.samples}")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 < self.rho <= 1:
-            raise ConfigError(f"rho must be in (0, 1], got {self.rho}")
-        if self.rho_rule not in ("mass", "patches"):
-            raise ConfigError(f"rho_rule must be 'mass' or 'patches', got {self.rho_rule!r}")
-        if self.store_attention not in ("mean", "heads", "none"):
-            raise ConfigError(f"store_attention must be 'mean', 'heads' or 'none', got {self.store_attention!r}")
+        validate_types(self)
+        self.trace_config()  # validates the fields it shares with TraceConfig
+        _check(
+            (self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}"),
+            (self.dtype in ("float32", "float16", "bfloat16"),
+             f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}"),
+            (self.world_images >= 1, f"world_images must be >= 1, got {self.world_images}"),
+            (self.store_attention in ("mean", "heads", "none"),
+             f"store_attention must be 'mean', 'heads' or 'none', got {self.store_attention!r}"),
+            (self.engine in ("local", "ray"), f"engine must be 'local' or 'ray', got {self.engine!r}"),
+            (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
+        )  # fmt: skip
         _parse_layers(self.store_layers)
-        if self.engine not in ("local", "ray"):
-            raise ConfigError(f"engine must be 'local' or 'ray', got {self.engine!r}")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+
+    def trace_config(self) -> TraceConfig:
+        """The per-item options of this run, as :func:`vrp.trace` takes them (every layer
+        recorded in float32, as the signals need)."""
+        shared = {f.name for f in fields(TraceConfig)} & {f.name for f in fields(RunConfig)}
+        return TraceConfig(**{name: getattr(self, name) for name in sorted(shared)})
 
     def stored_layers(self, n_layers: int) -> list[int]:
         """The decoder block indices ``store_layers`` names for a model with ``n_layers`` blocks."""
@@ -120,19 +298,10 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         """Build from a dict; unknown keys are an error, not silently dropped."""
-        check_keys(cls, d, ConfigError)
-        return cls(**d)
+        return from_dict(cls, d)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def check_keys(cls: type, d: dict, error: type[Exception]) -> None:
-    """Raise ``error`` naming the keys of ``d`` that are not fields of the dataclass ``cls``."""
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise error(f"unknown {cls.__name__} keys: {sorted(unknown)}; known: {sorted(known)}")
 
 
 def _parse_layers(spec: str) -> list[int] | None:
@@ -146,3 +315,15 @@ def _parse_layers(spec: str) -> list[int] | None:
         return [int(x) for x in spec.split(",")]
     except ValueError:
         raise ConfigError(f"store_layers must be 'all', 'none' or a comma list of ints, got {spec!r}") from None
+
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "TraceConfig",
+    "check_keys",
+    "field_default",
+    "field_help",
+    "from_dict",
+    "validate_types",
+]

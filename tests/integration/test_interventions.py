@@ -44,9 +44,9 @@ def test_zeroing_every_mlp_unit_equals_mlp_bypass(adapter):
     _, _, enc = _inputs(adapter)
     d = int(adapter.text_config.hidden_size)
     clean = _logits(adapter, enc)
-    with hooks.ablate_units(adapter, 1, range(d), site="mlp"):
+    with hooks.ablate_units(adapter, "blocks.1.mlp_out", range(d)):
         zeroed = _logits(adapter, enc)
-    with hooks.bypass(adapter, 1, "mlp"):
+    with hooks.bypass(adapter, "blocks.1.mlp_out"):
         bypassed = _logits(adapter, enc)
     assert torch.equal(zeroed, bypassed)
     assert not torch.allclose(zeroed, clean, atol=1e-4)
@@ -58,7 +58,7 @@ def test_ablating_every_head_equals_attention_bypass(adapter):
     n_heads = int(adapter.text_config.num_attention_heads)
     with hooks.ablate_heads(adapter, 2, range(n_heads)):
         heads = _logits(adapter, enc)
-    with hooks.bypass(adapter, 2, "attn"):
+    with hooks.bypass(adapter, "blocks.2.attn_out"):
         bypassed = _logits(adapter, enc)
     assert torch.equal(heads, bypassed)
     with hooks.ablate_heads(adapter, 2, [0]):
@@ -70,9 +70,12 @@ def test_unit_ablation_and_clamp_set_the_units(adapter):
     _, _, enc = _inputs(adapter)
     units = [3, 17, 40]
     for values in (0.0, [1.5, -2.0, 7.0]):
-        with hooks.ablate_units(adapter, 1, units, values=values), hooks.record(adapter, [("residual", 1)]) as rec:
+        with (
+            hooks.ablate_units(adapter, "blocks.1.resid_post", units, values=values),
+            hooks.record(adapter, ["blocks.1.resid_post"]) as rec,
+        ):
             _logits(adapter, enc)
-        got = rec.acts[("residual", 1)][..., units]
+        got = rec.acts["blocks.1.resid_post"][..., units]
         want = torch.as_tensor(values, dtype=got.dtype).expand_as(got)
         assert torch.equal(got, want)
 
@@ -85,18 +88,18 @@ def test_patching_every_layer_from_clean_reproduces_clean_logits(adapter):
     enc_x = adapter.encode(corrupt, prompts, padding_side="left")
     assert torch.equal(enc["input_ids"], enc_x["input_ids"])
     n = len(adapter.decoder_layers())
-    sites = [(s, i) for s in ("residual", "attn", "mlp") for i in range(n)]
+    sites = [f"blocks.{i}.{s}" for s in ("resid_post", "attn_out", "mlp_out") for i in range(n)]
     with hooks.record(adapter, sites) as rec:
         clean = _logits(adapter, enc)
     corrupted = _logits(adapter, enc_x)
     assert not torch.allclose(clean, corrupted, atol=1e-3)
-    with hooks.patch(adapter, {("residual", i): rec.acts[("residual", i)] for i in range(n)}):
+    with hooks.patch(adapter, {f"blocks.{i}.resid_post": rec.acts[f"blocks.{i}.resid_post"] for i in range(n)}):
         assert torch.equal(_logits(adapter, enc_x), clean)
     # restoring block 0's output at every position makes everything after it clean, exactly
-    with hooks.patch(adapter, {("residual", 0): rec.acts[("residual", 0)]}):
+    with hooks.patch(adapter, {"blocks.0.resid_post": rec.acts["blocks.0.resid_post"]}):
         assert torch.equal(_logits(adapter, enc_x), clean)
     # restoring only the image-independent writes of the last block does not
-    with hooks.patch(adapter, {("mlp", n - 1): rec.acts[("mlp", n - 1)]}, last_only=True):
+    with hooks.patch(adapter, {"blocks.-1.mlp_out": rec.acts[f"blocks.{n - 1}.mlp_out"]}, last_only=True):
         assert not torch.equal(_logits(adapter, enc_x)[:, -1], clean[:, -1])
 
 

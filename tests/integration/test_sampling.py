@@ -85,14 +85,14 @@ def test_item_samples_do_not_depend_on_batch(toys, questions, name):
 def test_continuing_from_the_greedy_prefix_gives_the_same_samples(toys, questions, name):
     # vrp run draws the K samples from the greedy capture pass's cached prompt (vision tower
     # and prompt are not run again); the samples must be the ones a fresh call draws.
-    from vrp.capture.engine import CaptureConfig, capture_generate
+    from vrp.capture.engine import CaptureConfig, capture_with_prefix
 
     ad = toys[name]
     images, prompts = _inputs(ad, questions[:7])
     _assert_padded(ad, prompts)
     seeds = [200 + i for i in range(len(prompts))]
     fresh = sample_answers(ad, images, prompts, seeds, k=6)
-    _, prefix = capture_generate(ad, images, prompts, CaptureConfig(attention=False), keep_prefix=True)
+    _, prefix = capture_with_prefix(ad, images, prompts, CaptureConfig(attention=False))
     assert prefix.cache.get_seq_length() == prefix.input_ids.shape[1] - 1
     continued = sample_answers(ad, images, prompts, seeds, k=6, prefix=prefix)
     assert continued == fresh

@@ -13,11 +13,12 @@ import torch
 from tests.helpers import cli_run
 from vrp.capture.engine import CaptureConfig, capture_generate
 from vrp.capture.lens import lens_readout, reference_ids
+from vrp.data.images import open_image
 from vrp.data.items import load_generic_jsonl
 from vrp.models import load_adapter
 from vrp.runs import storage
 from vrp.runs.rundir import items_schema
-from vrp.runs.worker import BatchWorker, open_image
+from vrp.runs.worker import BatchWorker
 from vrp.signals import catalog, mechanistic
 from vrp.world.dataset import write_dataset
 

@@ -15,8 +15,8 @@ from vrp.data.benchmarks import REGISTRY, load_benchmark, sniff
 from vrp.data.benchmarks._common import parse_spec
 from vrp.data.benchmarks.llava_bench import JUDGE_RULE, Review, aggregate, judge_prompt, parse_scores, review
 from vrp.data.benchmarks.summary import official_metrics
+from vrp.data.images import MAX_IMAGE_PIXELS, open_image
 from vrp.data.sources import FORMATS, DataSpecError, load_data, split_spec
-from vrp.runs.worker import MAX_IMAGE_PIXELS, open_image
 
 # --------------------------------------------------------------------------- fixture builders
 

@@ -19,7 +19,10 @@ import numpy as np
 import torch
 
 from vrp.capture.attention import IMPL_NAME, AttentionRecorder, recording, register
-from vrp.capture.records import ImageGrid, ItemCapture
+from vrp.capture.records import ItemCapture
+from vrp.config import validate_types
+from vrp.models.grids import ImageGrid
+from vrp.models.sites import block_site, hooks
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -32,8 +35,8 @@ class CaptureConfig:
     """What to capture.
 
     Attributes:
-        layers: 0-based decoder block indices for attention, writes and residuals
-            (None = all). The residual always includes the embedding output first.
+        layers: decoder block indices for attention, writes and residuals (0-based, negative
+            from the end; None = all). The residual always includes ``embed`` first.
         attention: record attention rows over image patches.
         residuals: record the residual stream.
         writes: record attention / MLP sub-block writes.
@@ -50,6 +53,7 @@ class CaptureConfig:
     max_new_tokens: int = 10
 
     def __post_init__(self) -> None:
+        validate_types(self, ValueError)
         if self.dtype not in _DTYPES:
             raise ValueError(f"capture dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.max_new_tokens < 1:
@@ -72,43 +76,26 @@ def language_attention(model, impl: str) -> Iterator[None]:
 
 
 class _Taps:
-    """Forward hooks that keep the last position of the residual and sub-block writes."""
+    """Hook functions on named sites that keep the last position of every forward call (the
+    step's query): the residual stream (``embed`` and each block's ``resid_post``) and the
+    sub-block writes (``attn_out``, ``mlp_out``)."""
 
-    def __init__(self, layers: list, keep: list[int], want_res: bool, want_writes: bool, dtype: torch.dtype):
-        self.embed: list[torch.Tensor] = []  # per call: [B, d]
-        self.res = {i: [] for i in keep}  # layer -> per call [B, d]
-        self.attn = {i: [] for i in keep}
-        self.mlp = {i: [] for i in keep}
-        self.handles = []
+    def __init__(self, keep: list[int], want_res: bool, want_writes: bool, dtype: torch.dtype):
+        self.calls: dict[str, list[torch.Tensor]] = {}  # site -> per call [B, d]
+        names = []
+        if want_res:
+            names += ["embed"] + [block_site(i, "resid_post") for i in keep]
+        if want_writes:
+            names += [block_site(i, kind) for kind in ("attn_out", "mlp_out") for i in keep]
+        for name in names:
+            self.calls[name] = []
         self.dtype = dtype
 
-        def last(x: torch.Tensor) -> torch.Tensor:
-            return x[:, -1, :].detach().to(self.dtype)
+    def fns(self) -> dict:
+        def keep_last(calls: list[torch.Tensor]):
+            return lambda h: calls.append(h[:, -1, :].detach().to(self.dtype))
 
-        if want_res:
-            self.handles.append(
-                layers[0].register_forward_pre_hook(
-                    lambda m, a, kw: self.embed.append(last(a[0] if a else kw["hidden_states"])), with_kwargs=True
-                )
-            )
-        for i in keep:
-            if want_res:
-                self.handles.append(
-                    layers[i].register_forward_hook(
-                        lambda m, a, o, i=i: self.res[i].append(last(o if torch.is_tensor(o) else o[0]))
-                    )
-                )
-            if want_writes:
-                self.handles.append(
-                    layers[i].self_attn.register_forward_hook(lambda m, a, o, i=i: self.attn[i].append(last(o[0])))
-                )
-                self.handles.append(
-                    layers[i].mlp.register_forward_hook(lambda m, a, o, i=i: self.mlp[i].append(last(o)))
-                )
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+        return {name: keep_last(calls) for name, calls in self.calls.items()}
 
 
 def _unpad(grid: ImageGrid, offset: int) -> ImageGrid:
@@ -132,9 +119,7 @@ class PromptPrefix:
     state: dict
 
 
-def capture_generate(
-    adapter, images: list, prompts: list[str], cfg: CaptureConfig | None = None, keep_prefix: bool = False
-) -> list[ItemCapture] | tuple[list[ItemCapture], PromptPrefix]:
+def capture_generate(adapter, images: list, prompts: list[str], cfg: CaptureConfig | None = None) -> list[ItemCapture]:
     """Answer a batch greedily and capture what ``cfg`` asks for, in the same generate call.
 
     Args:
@@ -142,47 +127,57 @@ def capture_generate(
         images: one PIL image per prompt (each prompt holds its image placeholders).
         prompts: prompt texts as built by ``adapter.prompt``.
         cfg: what to capture.
-        keep_prefix: also return the processed prompt (:class:`PromptPrefix`) for sampling.
 
     Returns:
-        One :class:`ItemCapture` per prompt, in order (and the prefix when ``keep_prefix``).
+        One :class:`ItemCapture` per prompt, in order.
     """
-    cfg = cfg or CaptureConfig()
+    return _capture(adapter, images, prompts, cfg or CaptureConfig(), keep_prefix=False)[0]
+
+
+def capture_with_prefix(
+    adapter, images: list, prompts: list[str], cfg: CaptureConfig | None = None
+) -> tuple[list[ItemCapture], PromptPrefix]:
+    """:func:`capture_generate`, and the processed prompt (:class:`PromptPrefix`) so that
+    sampling can continue from it without a second prefill."""
+    records, prefix = _capture(adapter, images, prompts, cfg or CaptureConfig(), keep_prefix=True)
+    return records, prefix
+
+
+def _capture(adapter, images: list, prompts: list[str], cfg: CaptureConfig, keep_prefix: bool):
     register()
     model, tok = adapter.model, adapter.tokenizer
-    layers = adapter.decoder_layers()
-    keep = list(range(len(layers))) if cfg.layers is None else sorted(cfg.layers)
-    if keep and not 0 <= keep[0] <= keep[-1] < len(layers):
-        raise ValueError(f"capture layers must be in [0, {len(layers) - 1}], got {cfg.layers}")
+    n = adapter.n_blocks
+    if cfg.layers is not None and not all(-n <= i < n for i in cfg.layers):
+        raise ValueError(
+            f"capture layers must be in [-{n}, {n - 1}] for a model of {n} decoder blocks, got {cfg.layers}"
+        )
+    keep = list(range(n)) if cfg.layers is None else sorted({i % n for i in cfg.layers})
     enc = adapter.model_inputs(images, prompts)
     grids = adapter.image_grids(enc)
-    taps = _Taps(layers, keep, cfg.residuals, cfg.writes, _DTYPES[cfg.dtype])
+    taps = _Taps(keep, cfg.residuals, cfg.writes, _DTYPES[cfg.dtype])
     recorder = AttentionRecorder(set(keep))
-    try:
-        with (
-            torch.no_grad(),
-            language_attention(model, IMPL_NAME),
-            recording(recorder) if cfg.attention else nullcontext(),
-        ):
-            out = model.generate(
-                **enc,
-                max_new_tokens=cfg.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-    finally:
-        taps.remove()
+    with (
+        torch.no_grad(),
+        hooks(adapter, taps.fns()),
+        language_attention(model, IMPL_NAME),
+        recording(recorder) if cfg.attention else nullcontext(),
+    ):
+        out = model.generate(
+            **enc,
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
     if cfg.attention and not recorder.rows:
         _eager_fallback(model, enc, cfg, keep, recorder, tok.pad_token_id)
     records = _assemble(enc, out, grids, taps, recorder, keep, cfg, tok.eos_token_id)
     if not keep_prefix:
-        return records
+        return records, None
     cache = out.past_key_values
     cache.crop(-(cache.get_seq_length() - (enc["input_ids"].shape[1] - 1)))
-    prefix = PromptPrefix(enc["input_ids"], enc["attention_mask"], cache, adapter.generation_state())
-    return records, prefix
+    return records, PromptPrefix(enc["input_ids"], enc["attention_mask"], cache, adapter.generation_state())
 
 
 def _eager_fallback(model, enc, cfg: CaptureConfig, keep: list[int], recorder: AttentionRecorder, pad_id: int) -> None:
@@ -216,14 +211,15 @@ def _assemble(
     def stack_calls(per_call: list[torch.Tensor]) -> np.ndarray:  # -> [B, calls, d]
         return torch.stack(per_call[:n_calls], dim=1).float().cpu().numpy()
 
+    def stack_sites(names: list[str]) -> np.ndarray:  # -> [B, calls, len(names), d]
+        return np.stack([stack_calls(taps.calls[name]) for name in names], axis=2)
+
     res = attn_w = mlp_w = None
     if cfg.residuals:
-        res = np.stack(
-            [stack_calls(taps.embed)] + [stack_calls(taps.res[i]) for i in keep], axis=2
-        )  # [B, calls, 1+L, d]
+        res = stack_sites(["embed"] + [block_site(i, "resid_post") for i in keep])  # [B, calls, 1+L, d]
     if cfg.writes:
-        attn_w = np.stack([stack_calls(taps.attn[i]) for i in keep], axis=2)  # [B, calls, L, d]
-        mlp_w = np.stack([stack_calls(taps.mlp[i]) for i in keep], axis=2)
+        attn_w = stack_sites([block_site(i, "attn_out") for i in keep])  # [B, calls, L, d]
+        mlp_w = stack_sites([block_site(i, "mlp_out") for i in keep])
     np_dtype = _NP_DTYPES[cfg.dtype]
 
     rows = _prompt_rows(recorder, keep, n_calls, input_len) if cfg.attention else None

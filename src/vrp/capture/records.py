@@ -7,9 +7,10 @@ Conventions:
        Step t is the forward pass that *produced* answer token t: step 0 is the prefill,
        whose last prompt position is the **decision position**; step t >= 1 is the decode
        pass whose query is answer token t-1.
-    L  decoder layers of the language model. Residuals have L + 1 entries: index 0 is the
-       embedding output (the decoder's input, image features merged in, any embedding
-       scaling applied), index l is decoder block l's output.
+    L  decoder blocks recorded (``ItemCapture.layers``). Residuals have L + 1 entries, the
+       residual index of :mod:`vrp.models.sites`: index 0 is the site ``embed`` (the decoder's
+       input, image features merged in, any embedding scaling applied) and index i + 1 is
+       ``blocks.{layers[i]}.resid_post``, the output of the i-th recorded block.
     H  query heads.
     d  hidden size; V vocabulary size.
 """
@@ -20,24 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ImageGrid:
-    """Where one image's tokens sit in the prompt and how they tile the image.
-
-    ``token_index`` are the prompt positions of the image's tokens in row-major grid order,
-    so ``token_index[r * cols + c]`` is the token for patch (r, c).
-    """
-
-    rows: int
-    cols: int
-    token_index: np.ndarray  # [rows * cols] int, prompt positions (after left padding is removed)
-
-    def __post_init__(self) -> None:
-        if len(self.token_index) != self.rows * self.cols:
-            raise ValueError(
-                f"image grid {self.rows}x{self.cols} needs {self.rows * self.cols} tokens, got {len(self.token_index)}"
-            )
+from vrp.models.grids import ImageGrid
 
 
 @dataclass

@@ -37,6 +37,7 @@ Design:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,6 +58,12 @@ class SampledAnswers:
 
     texts: tuple[str, ...]
     token_ids: tuple[tuple[int, ...], ...]
+
+
+def item_seed(seed: int, item_id: str) -> int:
+    """The sampling seed of one item: a stable hash of (the run's or trace's seed, item id), so
+    an item's samples do not depend on its batch or position."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{item_id}".encode()).digest()[:8], "little")
 
 
 def row_generators(seeds: Sequence[int], k: int) -> list[np.random.Generator]:

@@ -53,7 +53,9 @@ class LoadResult:
 _REQUIRED = {"id": str, "image": str, "question": str, "answers": list, "task": str}
 
 
-def _validate_regions(regions: object) -> tuple[dict, ...]:
+def validate_regions(regions: object) -> tuple[dict, ...]:
+    """Gold regions as items hold them: a list of ``{"label", "box": [x0, y0, x1, y1]}`` with
+    finite pixel coordinates, x1 > x0 and y1 > y0; ValueError naming what is wrong."""
     if not isinstance(regions, list):
         raise ValueError("'regions' must be a list")
     out = []
@@ -103,7 +105,7 @@ def parse_record(rec: object, root: Path) -> Item:
         question=rec["question"],
         answers=tuple(answers),
         task=rec["task"],
-        regions=_validate_regions(rec.get("regions", [])),
+        regions=validate_regions(rec.get("regions", [])),
         meta=meta,
     )
 

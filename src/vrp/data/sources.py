@@ -11,15 +11,16 @@ Specs:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from vrp.data.benchmarks import BENCHMARK_FORMATS, REGISTRY, load_benchmark, sniff
 from vrp.data.errors import DataSpecError
-from vrp.data.items import LoadResult, load_generic_jsonl
+from vrp.data.items import Item, LoadResult, load_generic_jsonl
 
 FORMATS: tuple[str, ...] = ("shapesworld", "generic", *BENCHMARK_FORMATS)
 
-__all__ = ["FORMATS", "DataSpecError", "load_data", "split_spec"]
+__all__ = ["FORMATS", "DataSpecError", "load_data", "load_items", "split_spec"]
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -71,3 +72,28 @@ def load_data(spec: str, run_dir: Path, seed: int, world_images: int) -> tuple[L
             f"{path} is not in any supported format ({', '.join(FORMATS)}): no record parsed; {why}{hint}"
         )
     return result, {"format": fmt, "path": str(path.resolve())}
+
+
+def load_items(spec: str, root: str | Path = ".", seed: int = 0, world_images: int = 300) -> list[Item]:
+    """The items of a data spec, as ``vrp run --data SPEC`` reads them.
+
+    Args:
+        spec: ``shapesworld``, ``shapesworld:N``, a generic JSONL file or folder, or
+            ``FORMAT:SPEC`` of a published benchmark (docs/data.md).
+        root: folder where generated data (ShapesWorld, under ``root/data``) and images
+            extracted from benchmark files are written.
+        seed: seed of generated data.
+        world_images: images of ``shapesworld`` without ``:N``.
+
+    Malformed records are skipped with a warning naming each one's file and line (as a run
+    records them in ``failures.jsonl``).
+
+    Raises:
+        DataSpecError: the spec names nothing loadable.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    loaded, _ = load_data(spec, root, seed, world_images)
+    for f in loaded.failures:
+        warnings.warn(f"skipped {f.source}: {f.error}", stacklevel=2)
+    return loaded.items

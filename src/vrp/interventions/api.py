@@ -151,25 +151,26 @@ def intervene(
 def _patching(cfg, clean: CleanPass, adapter, items, out_dir: Path, entry: dict, tick_for) -> None:
     from vrp.interventions.patching import patch_margins
 
-    n_layers = len(adapter.decoder_layers())
+    n_layers = adapter.n_blocks
     layers = ex.resolve_layers(cfg.layers, n_layers, list(range(n_layers)))
-    sites = [(s, i) for s in cfg.patch_sites for i in layers]
+    sites = {cfg.site_name(s, i): (s, i) for s in cfg.patch_sites for i in layers}  # site name -> (kind, block)
     cells = ex.item_cells(cfg, clean, [it.id for it in items], cfg.corruption)
     what = "all patches" if cfg.corruption == "all" else f"{cfg.corruption} {cfg.frac:.0%} patches"
     label = f"{what} (pixel, {cfg.fill}); restored at {cfg.patch_positions} positions"
     m_clean, m_corrupt, patched = patch_margins(
-        adapter, items, lambda b: ex.masked_images(cfg, clean, adapter, cells, b), sites, cfg.batch_size,
+        adapter, items, lambda b: ex.masked_images(cfg, clean, adapter, cells, b), list(sites), cfg.batch_size,
         last_only=cfg.patch_positions == "last", tick=tick_for("patching", len(items)),
     )  # fmt: skip
     rows = []
-    for (site, layer), m in patched.items():
+    for name, m in patched.items():
+        site, layer = sites[name]
         r = recovered_fraction(m_clean, m_corrupt, m, cfg.n_boot, seed=cfg.seed)
         rows.append({"experiment": cfg.experiment, "corruption": label, "site": site, "layer": layer, "n": r.n,
                      "recovered": r.estimate, "ci_low": r.ci_low, "ci_high": r.ci_high})  # fmt: skip
     _merge(out_dir / PATCHING_FILE, PATCHING, cfg.experiment, rows)
     gap = paired_mean_diff(m_clean, m_corrupt, cfg.n_boot, seed=cfg.seed)
     entry["corruption"] = {"label": label, "margin_delta": gap.estimate, "ci": [gap.ci_low, gap.ci_high]}
-    entry["conditions"] = [{"label": f"restore {s} L{i}", "layer": i, "control": False} for s, i in sites]
+    entry["conditions"] = [{"label": f"restore {s} L{i}", "layer": i, "control": False} for s, i in sites.values()]
 
 
 def _write_summary(out_dir: Path, experiment: str, entry: dict) -> None:

@@ -68,7 +68,7 @@ def clean_pass(
     """Answer ``items`` without intervention and keep the baseline quantities (see :class:`CleanPass`)."""
     from vrp.capture.engine import CaptureConfig, capture_generate
 
-    n_layers = len(adapter.decoder_layers())
+    n_layers = adapter.n_blocks
     if map_layer is not None and not -n_layers <= map_layer < n_layers:
         raise ValueError(f"map layer {map_layer} is outside the model's {n_layers} decoder blocks")
     layer = None if map_layer is None else map_layer % n_layers

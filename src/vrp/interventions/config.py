@@ -8,6 +8,8 @@ from vrp.config import check_keys
 from vrp.interventions.masking import FILLS
 
 KINDS = ("neurons", "mass", "mlp", "heads", "patches", "patching")
+# The per-block site kinds of the CLI and the output tables -> the named site they stand for.
+SITE_KINDS = {"residual": "resid_post", "attn": "attn_out", "mlp": "mlp_out"}
 AGGREGATIONS = ("mean", "max", "first")
 
 
@@ -84,7 +86,7 @@ class InterveneConfig:
             (self.space in ("pixel", "embedding"), f"space must be pixel or embedding, got {self.space!r}"),
             (self.fill in FILLS, f"fill must be one of {FILLS}, got {self.fill!r}"),
             (self.corruption in ("top", "random", "all"), f"corruption must be top, random or all, got {self.corruption!r}"),
-            (bool(self.patch_sites) and set(self.patch_sites) <= {"residual", "attn", "mlp"},
+            (bool(self.patch_sites) and set(self.patch_sites) <= set(SITE_KINDS),
              f"patch sites must be among residual, attn, mlp, got {self.patch_sites}"),
             (self.patch_positions in ("last", "all"), f"patch positions must be last or all, got {self.patch_positions!r}"),
             (self.n_boot >= 0, f"n_boot must be >= 0, got {self.n_boot}"),
@@ -95,6 +97,13 @@ class InterveneConfig:
         for ok, msg in checks:
             if not ok:
                 raise InterveneConfigError(msg)
+
+    @staticmethod
+    def site_name(kind: str, layer: int) -> str:
+        """The named site of a per-block site kind (residual, attn, mlp) of block ``layer``."""
+        from vrp.models.sites import block_site
+
+        return block_site(layer, SITE_KINDS[kind])
 
     @property
     def experiment(self) -> str:

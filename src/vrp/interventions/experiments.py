@@ -12,6 +12,7 @@ from vrp.interventions import hooks, masking
 from vrp.interventions.clean import CleanPass
 from vrp.interventions.config import InterveneConfig
 from vrp.interventions.runner import Batch, Condition
+from vrp.models.sites import block_site, residual_block, residual_index
 
 
 def control_rng(seed: int, *parts: object) -> np.random.Generator:
@@ -47,8 +48,8 @@ def probe_units(run_dir: Path, n_layers: int) -> dict[int, np.ndarray]:
     probe = load_probe(run_dir / "probes" / "probe_sparse")
     out = {}
     for j, res_layer in enumerate(summary["residual_layers"]):
-        block = res_layer - 1  # residual index i + 1 is the output of block i
-        if 0 <= block < n_layers:
+        block = residual_block(res_layer)
+        if block is not None and block < n_layers:
             w = np.abs(probe.coef_[j])
             order = np.argsort(-w, kind="stable")
             out[block] = order[w[order] > 0]
@@ -57,14 +58,18 @@ def probe_units(run_dir: Path, n_layers: int) -> dict[int, np.ndarray]:
 
 def peak_layer(run_dir: Path, n_layers: int) -> int:
     """The decoder block whose residual the dense probe chose on validation (the embeddings -> block 0)."""
-    res_layer = _probe_summary(run_dir)["probes"]["probe_dense"]["residual_layer"]
-    return min(max(int(res_layer) - 1, 0), n_layers - 1)
+    block = residual_block(int(_probe_summary(run_dir)["probes"]["probe_dense"]["residual_layer"]))
+    return min(0 if block is None else block, n_layers - 1)
 
 
 def _values(cfg: InterveneConfig, clean: CleanPass, layer: int, units: np.ndarray) -> np.ndarray | float:
     if cfg.mode == "zero":
         return 0.0
-    std = clean.std_residual[layer + 1] if cfg.site == "residual" else clean.std_mlp[layer]
+    std = (
+        clean.std_residual[residual_index(layer, len(clean.std_mlp))]
+        if cfg.site == "residual"
+        else clean.std_mlp[layer]
+    )
     return cfg.clamp_scale * std[units]
 
 
@@ -73,14 +78,14 @@ def _ablation(cfg, clean, adapter, label, layer, units, control, kind) -> Condit
     units_list = [int(u) for u in units]
     return Condition(
         label=label, kind=kind, layer=layer, control=control,
-        context=lambda b: hooks.ablate_units(adapter, layer, units_list, cfg.site, vals),
+        context=lambda b: hooks.ablate_units(adapter, cfg.site_name(cfg.site, layer), units_list, vals),
         spec={"units": units_list, "site": cfg.site, "mode": cfg.mode, "scale": cfg.clamp_scale},
     )  # fmt: skip
 
 
 def neuron_conditions(cfg: InterveneConfig, clean: CleanPass, adapter, run_dir: Path) -> list[Condition]:
     """Top-k sparse-probe units vs k random units (drawn among the others) per layer."""
-    n_layers, d = len(adapter.decoder_layers()), int(adapter.text_config.hidden_size)
+    n_layers, d = adapter.n_blocks, int(adapter.text_config.hidden_size)
     ranked = probe_units(run_dir, n_layers)
     layers = resolve_layers(cfg.layers, n_layers, [b for b, u in ranked.items() if len(u)])
     out = []
@@ -110,7 +115,7 @@ def mass_sizes(sizes: tuple[float, ...] | None, d: int) -> list[int]:
 
 
 def mass_conditions(cfg: InterveneConfig, clean: CleanPass, adapter, run_dir: Path) -> list[Condition]:
-    n_layers, d = len(adapter.decoder_layers()), int(adapter.text_config.hidden_size)
+    n_layers, d = adapter.n_blocks, int(adapter.text_config.hidden_size)
     layers = resolve_layers(cfg.layers, n_layers, [peak_layer(run_dir, n_layers)])
     out = []
     for layer in layers:
@@ -122,15 +127,21 @@ def mass_conditions(cfg: InterveneConfig, clean: CleanPass, adapter, run_dir: Pa
 
 
 def mlp_conditions(cfg: InterveneConfig, adapter) -> list[Condition]:
-    n_layers = len(adapter.decoder_layers())
+    n_layers = adapter.n_blocks
     return [
-        Condition(f"MLP bypass L{i}", "mlp", i, context=lambda b, i=i: hooks.bypass(adapter, i, "mlp"), spec={"i": i})
+        Condition(
+            f"MLP bypass L{i}",
+            "mlp",
+            i,
+            context=lambda b, i=i: hooks.bypass(adapter, block_site(i, "mlp_out")),
+            spec={"i": i},
+        )
         for i in resolve_layers(cfg.layers, n_layers, list(range(n_layers)))
     ]
 
 
 def head_conditions(cfg: InterveneConfig, adapter) -> list[Condition]:
-    n_layers, n_heads = len(adapter.decoder_layers()), int(adapter.text_config.num_attention_heads)
+    n_layers, n_heads = adapter.n_blocks, int(adapter.text_config.num_attention_heads)
     heads = list(cfg.heads) if cfg.heads is not None else list(range(n_heads))
     return [
         Condition(

@@ -1,123 +1,79 @@
-"""Interventions as context managers over an adapter's module map.
+"""Interventions as context managers over named sites (:mod:`vrp.models.sites`).
 
-Each one registers forward hooks on the HF modules that the family's adapter names (decoder
-blocks, their attention and MLP sub-blocks, the attention output projection) and removes them
+Each one reads or writes sites through :func:`vrp.models.sites.hooks` and restores the model
 on exit, so any code that runs the model inside the ``with`` block -- ``generate``, a plain
-forward, the capture engine -- sees the intervened model. Nothing here reimplements a model.
+forward, :func:`vrp.trace`, the capture engine -- sees the intervened model. Nothing here
+reimplements a model.
 
-Sites: ``"residual"`` is the output of decoder block ``layer`` (the residual stream after it);
-``"mlp"`` / ``"attn"`` are the writes of that block's MLP / attention sub-block (their
-outputs, before they are added to the residual stream).
+Sites are named as everywhere in vrp: ``embed``, ``blocks.{l}.resid_post`` (block ``l``'s
+output), ``blocks.{l}.attn_out`` / ``blocks.{l}.mlp_out`` (the attention / MLP sub-block's
+write, before it is added to the residual stream), ``blocks.{l}.attn_z`` (the heads' outputs
+entering the output projection).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
 
-SITES = ("residual", "attn", "mlp")
+from vrp.models.sites import block_site, hooks, module_of, parse
 
 
-def _site_module(adapter, layer: int, site: str):
-    layers = adapter.decoder_layers()
-    if not 0 <= layer < len(layers):
-        raise ValueError(f"layer {layer} is out of range: the model has {len(layers)} decoder blocks (0-based)")
-    if site not in SITES:
-        raise ValueError(f"site must be one of {SITES}, got {site!r}")
-    return layers[layer] if site == "residual" else adapter.layer_module(layer, site)
-
-
-def _main(out):
-    """The hidden-states tensor of a module output (a tensor, or a tuple led by one)."""
-    return out if torch.is_tensor(out) else out[0]
-
-
-def _replace(out, new: torch.Tensor):
-    if torch.is_tensor(out):
-        return new
-    return (new, *out[1:])
+def _writes(adapter, site: str) -> str:
+    """``site`` checked to be a block's resid_post, attn_out or mlp_out (canonical name)."""
+    s = parse(site, adapter.n_blocks)
+    if s.kind not in ("resid_post", "attn_out", "mlp_out"):
+        raise ValueError(f"{site!r}: expected blocks.{{l}}.resid_post, attn_out or mlp_out")
+    return s.name
 
 
 @contextmanager
-def _hooked(module, hook) -> Iterator[None]:
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-@contextmanager
-def _input_edited(module, name: str, edit) -> Iterator[None]:
-    """A forward pre-hook that replaces the module's first input (positional, or keyword
-    ``name``) by ``edit(x)``; ``edit`` returning None leaves the call unchanged."""
-
-    def pre(mod, args, kwargs):
-        new = edit(args[0] if args else kwargs[name])
-        if new is None:
-            return None
-        return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, name: new})
-
-    handle = module.register_forward_pre_hook(pre, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-@contextmanager
-def ablate_units(
-    adapter, layer: int, units: Sequence[int], site: str = "residual", values: float | Sequence[float] = 0.0
-) -> Iterator[None]:
+def ablate_units(adapter, site: str, units: Sequence[int], values: float | Sequence[float] = 0.0) -> Iterator[None]:
     """Set hidden units of a site to fixed values at every position (zero ablation by default).
 
     Args:
-        adapter: a loaded :class:`vrp.models.ModelAdapter`.
-        layer: decoder block (0-based).
+        adapter: a loaded model (:func:`vrp.load`).
+        site: ``blocks.{l}.resid_post`` (block output), ``blocks.{l}.mlp_out`` or
+            ``blocks.{l}.attn_out`` (sub-block write).
         units: indices into the hidden dimension.
-        site: ``"residual"`` (block output), ``"mlp"`` or ``"attn"`` (sub-block write).
         values: one value for all units, or one per unit (clamping, e.g. ``c * std``).
     """
-    module = _site_module(adapter, layer, site)
+    site = _writes(adapter, site)
     idx = torch.as_tensor(list(units), dtype=torch.long)
     vals = torch.as_tensor(values, dtype=torch.float32)
     if vals.ndim and vals.shape[0] != idx.shape[0]:
         raise ValueError(f"{vals.shape[0]} clamp values for {idx.shape[0]} units")
 
-    def hook(mod, args, out):
-        h = _main(out)
+    def set_units(h: torch.Tensor) -> torch.Tensor:
         if idx.numel() and (int(idx.max()) >= h.shape[-1] or int(idx.min()) < 0):
             raise ValueError(f"unit indices must be in [0, {h.shape[-1]}), got max {int(idx.max())}")
         h = h.clone()
         h[..., idx.to(h.device)] = vals.to(h.device, h.dtype).expand(idx.shape[0])
-        return _replace(out, h)
+        return h
 
-    with _hooked(module, hook):
+    with hooks(adapter, {site: set_units}):
         yield
 
 
 @contextmanager
-def bypass(adapter, layer: int, site: str = "mlp") -> Iterator[None]:
-    """Remove a sub-block's write: the block's residual stream skips its MLP (or attention).
+def bypass(adapter, site: str) -> Iterator[None]:
+    """Remove a sub-block's write: ``blocks.{l}.mlp_out`` or ``blocks.{l}.attn_out`` becomes zero,
+    so block ``l``'s residual stream skips its MLP (or attention).
 
-    Implemented by swapping the sub-block's ``forward`` for one that returns zeros of the
-    right shape (not by a hook), so the MLP is not even run.
+    The MLP's ``forward`` is swapped for one that returns zeros of the right shape (so it is
+    not even run); the attention still runs (the cache is filled) and its write is zeroed.
     """
-    if site not in ("mlp", "attn"):
-        raise ValueError(f"bypass applies to 'mlp' or 'attn', got {site!r}")
-    module = _site_module(adapter, layer, site)
-    original = module.forward
-
-    def zero_mlp(x, *a, **kw):
-        return torch.zeros_like(x)
-
-    def zero_attn(*a, **kw):
-        out = original(*a, **kw)  # attention also returns weights; keep the structure, zero the write
-        return _replace(out, torch.zeros_like(_main(out)))
-
-    module.forward = zero_mlp if site == "mlp" else zero_attn
+    s = parse(site, adapter.n_blocks)
+    if s.kind not in ("mlp_out", "attn_out"):
+        raise ValueError(f"bypass applies to blocks.{{l}}.mlp_out or blocks.{{l}}.attn_out, got {site!r}")
+    if s.kind == "attn_out":
+        with hooks(adapter, {s.name: torch.zeros_like}):
+            yield
+        return
+    module, _ = module_of(adapter, s.name)
+    module.forward = lambda x, *a, **kw: torch.zeros_like(x)
     try:
         yield
     finally:
@@ -125,45 +81,43 @@ def bypass(adapter, layer: int, site: str = "mlp") -> Iterator[None]:
 
 
 def head_dim(adapter) -> int:
-    """Width of one attention head at the output projection's input."""
-    o_proj = adapter.layer_module(0, "attn_out")
+    """Width of one attention head at the output projection's input (``attn_z``)."""
+    o_proj = adapter.layer_module(0, "o_proj")
     return o_proj.in_features // int(adapter.text_config.num_attention_heads)
 
 
 @contextmanager
 def ablate_heads(adapter, layer: int, heads: Sequence[int]) -> Iterator[None]:
-    """Zero the outputs of attention heads ``heads`` of block ``layer`` before the output
-    projection mixes them (so the heads write nothing to the residual stream)."""
-    _site_module(adapter, layer, "attn")  # range check
-    o_proj = adapter.layer_module(layer, "attn_out")
+    """Zero attention heads ``heads`` of block ``layer`` in ``blocks.{layer}.attn_z``, before the
+    output projection mixes them (so the heads write nothing to the residual stream)."""
+    site = parse(block_site(layer, "attn_z"), adapter.n_blocks).name
     n_heads = int(adapter.text_config.num_attention_heads)
     bad = [h for h in heads if not 0 <= h < n_heads]
     if bad:
         raise ValueError(f"heads {bad} out of range: block {layer} has {n_heads} heads")
     hd = head_dim(adapter)
 
-    def zero_heads(x):
-        x = x.clone()
+    def zero_heads(z: torch.Tensor) -> torch.Tensor:
+        z = z.clone()
         for h in heads:
-            x[..., h * hd : (h + 1) * hd] = 0
-        return x
+            z[..., h * hd : (h + 1) * hd] = 0
+        return z
 
-    with _input_edited(o_proj, "input", zero_heads):
+    with hooks(adapter, {site: zero_heads}):
         yield
 
 
 @contextmanager
 def mask_image_tokens(adapter, positions: Sequence[Sequence[int]], pools: Sequence[Sequence[int]]) -> Iterator[None]:
-    """Replace image-token embeddings entering the first decoder block by the mean image-token
-    embedding of the same item (prefill only): masking at the embeddings instead of in pixels.
+    """Replace image-token embeddings (site ``embed``) by the mean image-token embedding of the
+    same item (prefill only): masking at the embeddings instead of in pixels.
 
     Args:
         positions: per batch row, the sequence positions to overwrite (padded coordinates).
         pools: per batch row, the positions whose mean is written there (all the item's image tokens).
     """
-    first = adapter.decoder_layers()[0]
 
-    def mask(x):
+    def mask(x: torch.Tensor) -> torch.Tensor | None:
         if x.shape[1] == 1:  # a decode step: the image is in the cache already
             return None
         x = x.clone()
@@ -173,59 +127,61 @@ def mask_image_tokens(adapter, positions: Sequence[Sequence[int]], pools: Sequen
                 x[b, torch.as_tensor(list(pos), device=x.device)] = mean
         return x
 
-    with _input_edited(first, "hidden_states", mask):
+    with hooks(adapter, {"embed": mask}):
         yield
 
 
 class Recorder:
-    """Keeps the full-sequence outputs of sites during the prefill forward: ``acts[(site, layer)]``
-    is ``[B, T, d]`` (detached)."""
+    """Keeps the full-sequence values of sites during the prefill forward: ``acts[site]`` is
+    ``[B, T, d]`` (detached), keyed by the canonical site name."""
 
     def __init__(self):
-        self.acts: dict[tuple[str, int], torch.Tensor] = {}
+        self.acts: dict[str, torch.Tensor] = {}
 
 
 @contextmanager
-def record(adapter, sites: Sequence[tuple[str, int]]) -> Iterator[Recorder]:
-    """Record site outputs of a forward pass (the first call with more than one position)."""
+def record(adapter, sites: Sequence[str]) -> Iterator[Recorder]:
+    """Record sites over all positions of a forward pass (the first call with more than one
+    position: the prefill of a ``generate``)."""
     rec = Recorder()
-    with ExitStack() as stack:
-        for site, layer in sites:
+    names = [parse(s, adapter.n_blocks).name for s in sites]
 
-            def hook(mod, args, out, key=(site, layer)):
-                h = _main(out)
-                if h.shape[1] > 1 and key not in rec.acts:
-                    rec.acts[key] = h.detach().clone()
+    def keep(name: str):
+        def fn(h: torch.Tensor) -> None:
+            if h.shape[1] > 1 and name not in rec.acts:
+                rec.acts[name] = h.detach().clone()
 
-            stack.enter_context(_hooked(_site_module(adapter, layer, site), hook))
+        return fn
+
+    with hooks(adapter, [(name, keep(name)) for name in names]):
         yield rec
 
 
 @contextmanager
-def patch(adapter, acts: dict[tuple[str, int], torch.Tensor], last_only: bool = False) -> Iterator[None]:
-    """Replace site outputs in the prefill forward by recorded ones (activation patching).
+def patch(adapter, acts: dict[str, torch.Tensor], last_only: bool = False) -> Iterator[None]:
+    """Replace sites in the prefill forward by recorded values (activation patching).
 
-    ``acts`` maps ``(site, layer)`` to ``[B, T, d]`` from :func:`record` on a run with the same
+    ``acts`` maps site names to ``[B, T, d]`` from :func:`record` on a run with the same
     batch layout (same sequence length and padding). ``last_only``: replace the last position
     only (the decision position), leaving what the other positions computed.
     """
-    with ExitStack() as stack:
-        for (site, layer), value in acts.items():
 
-            def hook(mod, args, out, value=value, site=site, layer=layer):
-                h = _main(out)
-                if h.shape[1] == 1:
-                    return None
-                if h.shape != value.shape:
-                    raise ValueError(
-                        f"cannot patch {site} of block {layer}: recorded {tuple(value.shape)}, "
-                        f"this run has {tuple(h.shape)} (the corrupted input must keep the token layout)"
-                    )
-                if last_only:
-                    new = h.clone()
-                    new[:, -1] = value[:, -1].to(h.device, h.dtype)
-                    return _replace(out, new)
-                return _replace(out, value.to(h.device, h.dtype))
+    def replace(name: str, value: torch.Tensor):
+        def fn(h: torch.Tensor) -> torch.Tensor | None:
+            if h.shape[1] == 1:
+                return None
+            if h.shape != value.shape:
+                raise ValueError(
+                    f"cannot patch {name}: recorded {tuple(value.shape)}, this run has {tuple(h.shape)} "
+                    "(the corrupted input must keep the token layout)"
+                )
+            if last_only:
+                new = h.clone()
+                new[:, -1] = value[:, -1].to(h.device, h.dtype)
+                return new
+            return value.to(h.device, h.dtype)
 
-            stack.enter_context(_hooked(_site_module(adapter, layer, site), hook))
+        return fn
+
+    with hooks(adapter, [(name, replace(name, value)) for name, value in acts.items()]):
         yield

@@ -29,16 +29,16 @@ def patch_margins(
     adapter,
     items: list,
     corrupt: Callable[[Batch], list],
-    sites: list[tuple[str, int]],
+    sites: list[str],
     batch_size: int,
     last_only: bool = False,
     tick: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[tuple[str, int], np.ndarray]]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Margins of the clean run, the corrupted run and each patched run: ``([n], [n], {site: [n]})``.
 
     Args:
         corrupt: batch -> its corrupted images (same size as the clean ones, so the same tokens).
-        sites: ``(site, layer)`` pairs to restore one at a time.
+        sites: named sites (``blocks.{l}.resid_post``, ``.attn_out``, ``.mlp_out``) to restore one at a time.
         last_only: restore the decision position only (else every position).
     """
     from vrp.capture.lens import reference_ids

@@ -91,7 +91,7 @@ def margin_of(logprobs: np.ndarray, refs: list[int]) -> float:
 
 
 def iter_batches(adapter, items: list[Item], batch_size: int) -> Iterator[Batch]:
-    from vrp.runs.worker import open_image
+    from vrp.data.images import open_image
 
     for s in range(0, len(items), batch_size):
         its = items[s : s + batch_size]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from vrp.capture.records import ImageGrid
+from vrp.models.grids import ImageGrid
 
 _REGISTRY: dict[str, type[ModelAdapter]] = {}
 
@@ -102,6 +102,13 @@ class ModelAdapter:
         adapter.check_modules()
         return adapter
 
+    def __repr__(self) -> str:
+        tc = self.text_config
+        return (
+            f"{type(self).__name__}({self.path!r}: {type(self.model).__name__}, {self.n_blocks} blocks, "
+            f"d_model {tc.hidden_size}, {str(self.model.dtype).removeprefix('torch.')} on {self.model.device})"
+        )
+
     def check_modules(self) -> None:
         """Fail loudly if a module this adapter maps is missing from the model."""
         for name, dotted in self.module_paths.items():
@@ -134,11 +141,17 @@ class ModelAdapter:
     def decoder_layers(self) -> list:
         return list(self.model.get_submodule(self.module_paths["decoder_layers"]))
 
+    @property
+    def n_blocks(self) -> int:
+        """Number of decoder blocks of the language model."""
+        return len(self.decoder_layers())
+
     # Sub-modules of one decoder block (relative dotted paths), shared by the three families.
-    layer_paths: ClassVar[dict[str, str]] = {"attn": "self_attn", "mlp": "mlp", "attn_out": "self_attn.o_proj"}
+    # The named sites of vrp.models.sites are read and written on these modules.
+    layer_paths: ClassVar[dict[str, str]] = {"attn": "self_attn", "mlp": "mlp", "o_proj": "self_attn.o_proj"}
 
     def layer_module(self, layer: int, name: str) -> Any:
-        """A sub-module of decoder block ``layer`` by canonical name (attn, mlp, attn_out)."""
+        """A sub-module of decoder block ``layer`` by canonical name (attn, mlp, o_proj)."""
         if name not in self.layer_paths:
             raise ValueError(f"unknown block sub-module {name!r}; known: {sorted(self.layer_paths)}")
         try:
@@ -272,6 +285,22 @@ class ModelAdapter:
         """Processor call for a batch of (image, prompt) pairs -> model inputs (torch)."""
         self.tokenizer.padding_side = padding_side
         return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True))
+
+    def inputs(self, images: Any, questions: str | Sequence[str]) -> dict:
+        """Model inputs for one (image, question) pair or for lists of them: the family's prompt
+        around each question, the processor's output left-padded, on the model's device.
+
+        Args:
+            images: an image (file path or PIL image) or a list of them.
+            questions: a question or a list of them, one per image.
+        """
+        from vrp.data.images import as_image
+
+        single = isinstance(questions, str)
+        images, questions = ([images], [questions]) if single else (list(images), list(questions))
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions")
+        return self.model_inputs([as_image(im) for im in images], [self.prompt(q) for q in questions])
 
     def model_inputs(self, images: list, prompts: list[str]) -> dict:
         """:meth:`encode` left-padded (for generation), tensors moved to the model's device."""

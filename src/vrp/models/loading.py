@@ -32,8 +32,29 @@ def resolve_model_path(name_or_path: str) -> Path:
     return Path(name_or_path)
 
 
-def load_adapter(name_or_path: str, dtype: Any = None, device: str = "cpu") -> ModelAdapter:
-    """Load a model (shipped toy name or local directory) through its adapter."""
-    path = resolve_model_path(name_or_path)
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def load_adapter(name_or_path: str | Path, dtype: Any = None, device: str = "cpu") -> ModelAdapter:
+    """Load a model through its family's adapter (what :func:`vrp.load` is).
+
+    Args:
+        name_or_path: a shipped toy name (toy-llava, toy-paligemma, toy-qwen2vl) or a local
+            model folder written by ``save_pretrained`` (nothing is downloaded).
+        dtype: the model's dtype: None (the checkpoint's), a torch dtype, or its name
+            (float32, float16, bfloat16).
+        device: torch device string.
+
+    Raises:
+        NotAModelError: the path is not a model folder.
+        UnsupportedModelError: its ``model_type`` has no adapter (the message lists those that do).
+    """
+    import torch
+
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} (or a torch dtype), got {dtype!r}")
+        dtype = getattr(torch, dtype)
+    path = resolve_model_path(str(name_or_path))
     cls = adapter_for(read_model_type(path))
     return cls.load(path, dtype=dtype, device=device)

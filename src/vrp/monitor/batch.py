@@ -78,8 +78,8 @@ def answer_file(
     Returns:
         Counts: ``{"answered", "skipped", "abstained"}``.
     """
+    from vrp.data.images import open_image
     from vrp.data.scoring import is_correct, score_generic
-    from vrp.runs.worker import open_image
 
     def skip(source: str, reason: str) -> None:
         skipped.append((source, reason))

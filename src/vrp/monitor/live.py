@@ -1,8 +1,8 @@
 """A trained probe attached to a live model: every answer comes with p(correct).
 
-The probe reads the residual stream during the answer's own greedy ``generate`` call: a
-forward hook on the decoder block whose output is the probe's residual layer (a pre-hook on
-block 0 for the embedding, layer 0) keeps ``hidden[:, -1]`` of the first forward call, the
+The probe reads the residual stream during the answer's own greedy ``generate`` call: a hook
+on the named site of the probe's residual index (``embed`` for 0, ``blocks.{l}.resid_post``
+for ``l + 1``; :mod:`vrp.models.sites`) keeps ``hidden[:, -1]`` of the first forward call, the
 prefill, whose last position is the decision position (the last prompt token; prompts are
 left-padded, so it is the last column for every row). Decode steps pass the hook untouched.
 No second forward pass. Hooks exist only while :meth:`Monitor.ask_many` runs.
@@ -25,6 +25,8 @@ import torch
 from scipy.special import expit
 
 from vrp.capture.records import decode_answer
+from vrp.data.images import as_image
+from vrp.models.sites import hooks, residual_site
 from vrp.monitor.files import MonitorError, read_monitor
 
 
@@ -46,35 +48,6 @@ class Answer:
     abstain: bool
     threshold: float
     token_ids: tuple[int, ...] = ()
-
-
-def _rgb(image):
-    """RGB, as ``vrp run`` opens images (its ``open_image`` converts every file to RGB)."""
-    return image if getattr(image, "mode", "RGB") == "RGB" else image.convert("RGB")
-
-
-class _PrefillTap:
-    """Keeps the last position of one residual layer on the first forward call only."""
-
-    def __init__(self, layers: list, residual_layer: int):
-        self.value: torch.Tensor | None = None  # [B, d]
-        if residual_layer == 0:
-            self.handle = layers[0].register_forward_pre_hook(self._pre, with_kwargs=True)
-        else:
-            self.handle = layers[residual_layer - 1].register_forward_hook(self._post)
-
-    def _keep(self, hidden: torch.Tensor) -> None:
-        if self.value is None:
-            self.value = hidden[:, -1, :].detach()
-
-    def _pre(self, module, args, kwargs) -> None:
-        self._keep(args[0] if args else kwargs["hidden_states"])
-
-    def _post(self, module, args, output) -> None:
-        self._keep(output if torch.is_tensor(output) else output[0])
-
-    def remove(self) -> None:
-        self.handle.remove()
 
 
 class Monitor:
@@ -109,7 +82,6 @@ class Monitor:
         if self._round is None:
             raise MonitorError(f"monitor.json: unsupported probe.input_dtype {p['input_dtype']!r}")
         self.adapter: Any = None
-        self._layers: list = []
 
     @classmethod
     def load(cls, directory: str | Path, threshold: float | None = None) -> Monitor:
@@ -157,7 +129,7 @@ class Monitor:
         mt = adapter.model.config.model_type
         if mt != want["model_type"]:
             raise MonitorError(f"the monitor was trained on a {want['model_type']} model, this one is {mt}")
-        d, n = int(adapter.text_config.hidden_size), len(adapter.decoder_layers())
+        d, n = int(adapter.text_config.hidden_size), adapter.n_blocks
         if (d, n) != (want["d_model"], want["n_layers"]):
             raise MonitorError(
                 f"the monitor needs d_model {want['d_model']} and {want['n_layers']} decoder layers; "
@@ -167,7 +139,6 @@ class Monitor:
         if problems and not force:
             raise MonitorError("; ".join(problems) + ". Pass force=True (CLI: --force) to attach anyway.")
         self.adapter = adapter
-        self._layers = adapter.decoder_layers()
         return self
 
     def _identity_problem(self, adapter) -> str | None:
@@ -244,9 +215,7 @@ class Monitor:
             raise MonitorError("the monitor is not attached: call monitor.attach(model, processor) first")
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images for {len(questions)} questions")
-        from vrp.runs.worker import open_image
-
-        images = [open_image(str(im)) if isinstance(im, str | Path) else _rgb(im) for im in images]
+        images = [as_image(im) for im in images]  # RGB, as `vrp run` opens every file
         bs = batch_size or int(self.info["generation"]["batch_size"])
         if bs < 1:
             raise ValueError(f"batch_size must be >= 1, got {bs}")
@@ -259,20 +228,22 @@ class Monitor:
         ad = self.adapter
         model, tok = ad.model, ad.tokenizer
         enc = ad.model_inputs(images, [ad.prompt(q) for q in questions])
-        tap = _PrefillTap(self._layers, self.residual_layer)
-        try:
-            with torch.no_grad():
-                seq = model.generate(
-                    **enc,
-                    max_new_tokens=int(self.info["generation"]["max_new_tokens"]),
-                    do_sample=False,
-                    pad_token_id=tok.pad_token_id,
-                )
-        finally:
-            tap.remove()
-        if tap.value is None or tap.value.shape[0] != len(questions):
+        kept: list[torch.Tensor] = []  # the prefill's last position: the decision position of every row
+
+        def keep_prefill(h: torch.Tensor) -> None:
+            if not kept:
+                kept.append(h[:, -1, :].detach())
+
+        with torch.no_grad(), hooks(ad, {residual_site(self.residual_layer): keep_prefill}):
+            seq = model.generate(
+                **enc,
+                max_new_tokens=int(self.info["generation"]["max_new_tokens"]),
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+        if not kept or kept[0].shape[0] != len(questions):
             raise RuntimeError(f"the probe's layer {self.residual_layer} was not reached during prefill")
-        p = self.predict_proba(tap.value)
+        p = self.predict_proba(kept[0])
         gen = seq[:, enc["input_ids"].shape[1] :].tolist()
         answers = []
         for ids, pc in zip(gen, p.tolist(), strict=True):

@@ -4,25 +4,11 @@ Every function takes the maps of **one image**. Items with several images (possi
 grids) are handled by the caller, one image at a time. Inputs are numpy arrays; nothing here imports
 a model, the capture code or torch.
 
-Keys returned by :func:`structural_curves` (one float per layer):
-
-- ``entropy``: spatial entropy ``H_s`` in nats. Higher = more diffuse (less focused).
-- ``entropy_norm``: ``H_s / log(rows * cols)`` in [0, 1]. Higher = less focused.
-- ``entropy_delta``: ``H_s(l) - H_s(l - 1)`` in nats, NaN at layer 0. Negative = the layer focuses more
-  than the one before.
-- ``secondary_components``: 4-neighbour connected components of the top-rho set, minus one (>= 0).
-  0 = one contiguous focus; higher = more fragmented.
-- ``dbscan_secondary``: DBSCAN clusters of the top-rho patch coordinates, minus one (>= -1; -1 when every
-  kept patch is noise or there are fewer than ``min_samples`` of them). Higher = more fragmented. With
-  ``eps = 1.5`` diagonal neighbours join a cluster, unlike the 4-neighbour count.
-- ``peakiness``: max patch probability in (0, 1]. Higher = more focused.
-- ``top_mass_area``: fraction of patches in the smallest set holding ``rho`` of the mass (always the
-  "mass" rule), in (0, 1]. Higher = less focused.
-- ``region_mass`` (with a gold region): attention probability inside the region, in [0, 1]. Higher = more on
-  target.
-- ``region_mass_ratio``: ``region_mass`` divided by the region's area share; 1 = chance level, higher =
-  more on target.
-- ``pointing_hit``: 1.0 when the argmax patch lies inside the region, else 0.0.
+The signal catalog (:mod:`vrp.signals.catalog`) composes these into the per-layer curves and
+per-item signals ``vrp run`` stores (``attn_entropy``, ``attn_secondary``, ...); their units and
+directions are listed there. Conventions: entropies in nats (higher = more diffuse); component
+counts are reported minus one (0 = one contiguous focus); a gold-region mask marks the patches
+of the queried object(s) (:func:`region_mask`).
 """
 
 from __future__ import annotations
@@ -246,55 +232,3 @@ def pointing_hit(p2d: np.ndarray, mask: np.ndarray) -> bool:
     """Whether the argmax patch (first in flat order on ties) lies inside the region."""
     p, m = _check_region(p2d, mask)
     return bool(m.ravel()[int(np.argmax(p))])
-
-
-def structural_curves(
-    maps: np.ndarray,
-    rho: float = 0.10,
-    rule: Rule = "mass",
-    region: np.ndarray | None = None,
-    eps: float = 1.5,
-    min_samples: int = 3,
-) -> dict[str, np.ndarray]:
-    """Per-layer structural metrics of one image (keys and units in the module docstring).
-
-    Args:
-        maps: ``[L, rows, cols]`` distributions from :func:`layer_maps`.
-        rho: top-mass fraction for the component counts (``top_mass_area`` always uses the "mass" rule).
-        rule: selection rule for the component counts, see :func:`top_mass_mask`.
-        region: optional boolean ``[rows, cols]`` gold-region mask (see :func:`region_mask`).
-        eps, min_samples: DBSCAN parameters.
-
-    Returns:
-        Dict of float arrays of length L.
-    """
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 3:
-        raise ValueError(f"maps must be [L, rows, cols], got shape {maps.shape}")
-    h = spatial_entropy(maps)  # [L]
-    out: dict[str, np.ndarray] = {
-        "entropy": h,
-        "entropy_norm": normalized_entropy(maps),
-        "entropy_delta": entropy_delta(h),
-    }
-    masks = [top_mass_mask(m, rho, rule) for m in maps]
-    out["secondary_components"] = np.array([component_count(k) - 1 for k in masks], dtype=np.float64)
-    out["dbscan_secondary"] = np.array([dbscan_components(k, eps, min_samples) - 1 for k in masks], dtype=np.float64)
-    out["peakiness"] = maps.max(axis=(1, 2))
-    out["top_mass_area"] = np.array([top_mass_area_fraction(m, rho) for m in maps])
-    if region is not None:
-        out["region_mass"] = np.array([region_mass(m, region) for m in maps])
-        out["region_mass_ratio"] = np.array([region_mass_ratio(m, region) for m in maps])
-        out["pointing_hit"] = np.array([float(pointing_hit(m, region)) for m in maps])
-    return out
-
-
-def summarize_curves(curves: dict[str, np.ndarray], layer: int = -1) -> dict[str, float]:
-    """Scalars per curve: its value at ``layer`` (same key) and ``<name>_mean``, the NaN-ignoring layer mean."""
-    out: dict[str, float] = {}
-    for name, c in curves.items():
-        c = np.asarray(c, dtype=np.float64)
-        out[name] = float(c[layer])
-        finite = c[~np.isnan(c)]
-        out[f"{name}_mean"] = float(finite.mean()) if finite.size else math.nan
-    return out
