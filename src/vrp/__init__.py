@@ -16,7 +16,7 @@ attaches a trained probe to a live model. See docs/python-api.md.
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+from vrp._version import __version__
 
 # public name -> the module that defines it (one place each)
 _EXPORTS = {

@@ -142,7 +142,7 @@ def export_monitor(
         MonitorError: the run, its manifest or its probes are missing or inconsistent, or the
             target cannot be met.
     """
-    import vrp
+    from vrp._version import __version__
 
     if probe not in PROBES:
         raise MonitorError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
@@ -159,7 +159,7 @@ def export_monitor(
     splits = _run_predictions(run_dir, probe)
     threshold, grid = thresholds(splits, target_risk, target_coverage)
     doc = {
-        "vrp_version": vrp.__version__,
+        "vrp_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {
             "run_dir": str(run_dir.resolve()),

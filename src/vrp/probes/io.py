@@ -39,7 +39,7 @@ def save_probe(probe, directory: str | Path) -> Path:
         TypeError: the probe's class is not in :data:`REGISTRY`, an array is not a numpy
             array, or the metadata is not JSON-serializable.
     """
-    import vrp
+    from vrp._version import __version__
 
     name = type(probe).__name__
     if name not in REGISTRY:
@@ -48,7 +48,7 @@ def save_probe(probe, directory: str | Path) -> Path:
     for key, value in arrays.items():
         if not isinstance(value, np.ndarray) or value.dtype == object:
             raise TypeError(f"{name}.get_state() array {key!r} is {type(value).__name__}, not a numeric numpy array")
-    doc = {"format": FORMAT, "class": name, "module": REGISTRY[name], "vrp_version": vrp.__version__, "meta": meta}
+    doc = {"format": FORMAT, "class": name, "module": REGISTRY[name], "vrp_version": __version__, "meta": meta}
     text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"  # before touching the disk
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)

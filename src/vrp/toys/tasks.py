@@ -14,11 +14,11 @@ from vrp.world.questions import (
     POPE_STRATEGIES,
     DatasetStats,
     Question,
-    _region,
     attribute_question,
     counting_question,
     describe,
     existence_questions,
+    object_region,
     referring_name,
     spatial_question,
 )
@@ -43,7 +43,7 @@ def position_question(scene: Scene, rng: np.random.Generator) -> Question | None
     if not cands:
         return None
     name, ans, o = cands[int(rng.integers(len(cands)))]
-    return Question("position", f"Where is the {name} in the image?", ans, (_region(name, o),), {})
+    return Question("position", f"Where is the {name} in the image?", ans, (object_region(name, o),), {})
 
 
 def single_attribute_question(scene: Scene, rng: np.random.Generator) -> Question:

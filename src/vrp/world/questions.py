@@ -86,7 +86,8 @@ def referring_name(scene: Scene, obj: Obj, with_colour: bool) -> str | None:
     return None
 
 
-def _region(label: str, o: Obj) -> dict:
+def object_region(label: str, o: Obj) -> dict:
+    """An item's gold region for object ``o``: ``{"label", "box": [x0, y0, x1, y1]}`` in pixels."""
     return {"label": label, "box": list(o.box)}
 
 
@@ -156,7 +157,7 @@ def existence_questions(scene: Scene, strategy: str, stats: DatasetStats, rng: n
     neg = negative_category(scene, strategy, stats, rng)
     out = []
     for cat, ans in ((pos, "yes"), (neg, "no")):
-        regions = tuple(_region(cat, o) for o in scene.objects if o.category == cat)
+        regions = tuple(object_region(cat, o) for o in scene.objects if o.category == cat)
         out.append(
             Question(
                 task="existence",
@@ -174,7 +175,7 @@ def counting_question(scene: Scene) -> Question:
         task="counting",
         question="How many objects are in the image?",
         answer=str(count_objects(scene)),
-        regions=tuple(_region(o.category, o) for o in scene.objects),
+        regions=tuple(object_region(o.category, o) for o in scene.objects),
         meta={},
     )
 
@@ -198,7 +199,7 @@ def spatial_question(scene: Scene, rng: np.random.Generator) -> Question | None:
         task="spatial",
         question=f"Where is the {na} relative to the {nb}?",
         answer=rel,
-        regions=(_region(na, a), _region(nb, b)),
+        regions=(object_region(na, a), object_region(nb, b)),
         meta={"relation": rel},
     )
 
@@ -212,7 +213,7 @@ def attribute_question(scene: Scene, rng: np.random.Generator) -> Question | Non
         task="attribute",
         question=f"What colour is the {name}?",
         answer=o.colour,
-        regions=(_region(name, o),),
+        regions=(object_region(name, o),),
         meta={"attribute": "colour"},
     )
 
