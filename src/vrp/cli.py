@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from vrp.analysis.config import AnalyzeConfig, ProbeConfig
+from vrp.config import RunConfig, field_default, field_help
+from vrp.interventions.config import InterveneConfig
+from vrp.monitor.config import ExportConfig
+from vrp.report.config import ReportConfig
+from vrp.toys.config import TrainConfig
+from vrp.world.dataset import STRATEGY
+from vrp.world.scene import WorldConfig
 
 app = typer.Typer(
     help="VLM Reliability Probe: where reliability lives inside a vision-language model.", no_args_is_help=True
@@ -20,6 +30,15 @@ app.add_typer(world_app, name="world")
 monitor_app = typer.Typer(help="Reliability monitors: a run's probe packaged for a live model.", no_args_is_help=True)
 app.add_typer(monitor_app, name="monitor")
 console = Console(stderr=True)
+
+
+def _opt(cls: type, name: str, *decls: str, help: str | None = None, **kw: Any) -> Any:
+    """A typer option whose default (and help, unless given) is field ``name`` of the config
+    dataclass ``cls``: the one source of every default. Tuple defaults show as comma lists."""
+    default = field_default(cls, name)
+    if isinstance(default, tuple):
+        default = ",".join(str(v) for v in default)
+    return typer.Option(default, *decls, help=help or field_help(cls)[name], **kw)
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -60,28 +79,26 @@ def _print_accuracy(summary: dict, title: str) -> None:
 
 @app.command()
 def run(
-    model: str = typer.Option(
-        "toy-llava", help="Shipped toy name (toy-llava, toy-paligemma, toy-qwen2vl) or a local model folder."
-    ),
-    data: str = typer.Option("shapesworld", help="shapesworld, shapesworld:N, or [FORMAT:]PATH (see README)."),
-    out: Path = typer.Option(Path("runs/default"), help="Run directory to write."),
-    limit: int | None = typer.Option(None, help="Answer at most this many items."),
-    seed: int = typer.Option(0, help="Seed of generated data and sampling."),
-    batch_size: int = typer.Option(16, help="Items per generate call."),
-    max_new_tokens: int = typer.Option(10, help="Greedy answer length cap."),
-    device: str = typer.Option("cpu", help="Torch device."),
-    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16."),
-    world_images: int = typer.Option(300, help="Images in the default ShapesWorld set."),
-    samples: int = typer.Option(10, help="K sampled answers per item for self-consistency (0 = none)."),
-    temperature: float = typer.Option(0.7, help="Sampling temperature of the K samples."),
-    top_p: float = typer.Option(0.9, help="Nucleus mass of the K samples."),
-    rho: float = typer.Option(0.10, help="Attention mass (or patch fraction) kept for component counts."),
-    rho_rule: str = typer.Option("mass", help="mass (smallest set holding rho) or patches (top rho of patches)."),
-    store_layers: str = typer.Option("all", help="Blocks whose residuals/maps are stored: all, none or 0,8,-1."),
-    store_attention: str = typer.Option("mean", help="Stored attention maps: mean (over heads), heads or none."),
-    residuals: bool = typer.Option(True, "--residuals/--no-residuals", help="Store decision-position residuals."),
-    engine: str = typer.Option("local", help="local, or ray (one model replica per Ray worker)."),
-    workers: int = typer.Option(2, help="Ray workers (with --engine ray)."),
+    model: str = _opt(RunConfig, "model"),
+    data: str = _opt(RunConfig, "data"),
+    out: Path = _opt(RunConfig, "out"),
+    limit: int | None = _opt(RunConfig, "limit"),
+    seed: int = _opt(RunConfig, "seed"),
+    batch_size: int = _opt(RunConfig, "batch_size"),
+    max_new_tokens: int = _opt(RunConfig, "max_new_tokens"),
+    device: str = _opt(RunConfig, "device"),
+    dtype: str = _opt(RunConfig, "dtype"),
+    world_images: int = _opt(RunConfig, "world_images"),
+    samples: int = _opt(RunConfig, "samples"),
+    temperature: float = _opt(RunConfig, "temperature"),
+    top_p: float = _opt(RunConfig, "top_p"),
+    rho: float = _opt(RunConfig, "rho"),
+    rho_rule: str = _opt(RunConfig, "rho_rule"),
+    store_layers: str = _opt(RunConfig, "store_layers"),
+    store_attention: str = _opt(RunConfig, "store_attention"),
+    residuals: bool = _opt(RunConfig, "store_residuals", "--residuals/--no-residuals"),
+    engine: str = _opt(RunConfig, "engine"),
+    workers: int = _opt(RunConfig, "workers"),
     force: bool = typer.Option(False, "--force", help="Discard what the run directory holds and start over."),
     analysis: bool = typer.Option(
         True, "--analysis/--answer-only", help="After answering: probes, predictor table and report (default)."
@@ -92,7 +109,7 @@ def run(
     Each later stage is also its own command (`vrp probe`, `vrp analyze`, `vrp report`) for
     re-analysis of an existing run; `--answer-only` stops after the run directory is written.
     """
-    from vrp.config import ConfigError, RunConfig
+    from vrp.config import ConfigError
     from vrp.data.sources import DataSpecError
     from vrp.models import NotAModelError, UnsupportedModelError
     from vrp.runs.pipeline import Interrupted, RunExistsError
@@ -138,16 +155,11 @@ def run(
     if c["answered"] == 0:
         _fail("no item was answered: nothing to analyze")
     try:
-        _train_probes(out, seed=seed, stacked_k=None)
+        _train_probes(out, ProbeConfig(seed=seed))
     except (ValueError, KeyError) as e:  # e.g. one class only: the rest of the analysis still runs
         console.print(f"[yellow]probes skipped:[/] {e}", soft_wrap=True)
-    _analyze(out, n_boot=None, n_perm=None, seed=seed)  # AnalyzeConfig's defaults, as `vrp analyze`
-    _report(out, layer=None, cases=None)
-
-
-def _given(**options) -> dict:
-    """The options that are not None, so that None leaves the callee's own default in place."""
-    return {k: v for k, v in options.items() if v is not None}
+    _analyze(out, AnalyzeConfig(seed=seed))  # AnalyzeConfig's defaults, as `vrp analyze`
+    _report(out, ReportConfig())
 
 
 def _check_run_dir(run: Path) -> None:
@@ -155,13 +167,13 @@ def _check_run_dir(run: Path) -> None:
         _fail(f"{run} holds no finished run (no items.parquet); make one with `vrp run --out {run}`")
 
 
-def _report(run: Path, layer: int | None, cases: int | None) -> Path:
-    """Build the report; ``cases`` None = build_report's default."""
+def _report(run: Path, cfg: ReportConfig) -> Path:
+    """Build the report and say where it is."""
     from vrp.report import build_report
 
     with console.status("building the report"):
         try:
-            path = build_report(run, layer=layer, **_given(n_cases=cases))
+            path = build_report(run, layer=cfg.layer, n_cases=cfg.n_cases)
         except (ValueError, FileNotFoundError) as e:
             _fail(str(e))
     console.print(f"wrote {path} and {run / 'summary.json'}; open it in a browser", soft_wrap=True)
@@ -183,29 +195,30 @@ def intervene(
         ..., "--run", help="A run directory written by `vrp run` (neurons/mass need `vrp probe`)."
     ),
     kind: str = typer.Option(..., help="neurons, mass, mlp, heads, patches or patching."),
-    name: str = typer.Option(None, help="Experiment name in the output tables (default: the kind)."),
-    layers: str = typer.Option(None, help="Decoder blocks, e.g. '1,3' or '-1' (default: the kind's)."),
-    k: int = typer.Option(16, help="neurons: top-k sparse-probe units (and k random control units)."),
-    site: str = typer.Option("residual", help="neurons/mass: residual (block output) or mlp (MLP write)."),
-    mode: str = typer.Option("zero", help="neurons/mass: zero, or clamp to --clamp-scale x the unit's std."),
-    clamp_scale: float = typer.Option(5.0, help="Multiple of each unit's std used by --mode clamp."),
-    sizes: str = typer.Option(None, help="mass: unit counts (>=1) or width fractions (<1), e.g. '500,1000,2000'."),
-    heads: str = typer.Option(None, help="heads: which heads (default: each head of each layer)."),
-    frac: float = typer.Option(0.3, help="patches/patching: fraction of the patch grid masked."),
-    map_layer: int = typer.Option(-1, help="patches: decoder block whose attention ranks the patches."),
-    aggregation: str = typer.Option("mean", help="patches: attention map over heads/tokens: mean, max or first."),
-    space: str = typer.Option("pixel", help="patches: mask in pixel space or at the image-token embeddings."),
-    fill: str = typer.Option("patch-mean", help="Pixel fill: patch-mean or image-mean."),
-    corruption: str = typer.Option("top", help="patching: top, random or all patches masked (pixels)."),
-    sites: str = typer.Option("residual,attn,mlp", help="patching: sites restored from the clean run."),
-    positions: str = typer.Option("last", help="patching: restore the last (decision) position only, or all."),
-    seed: int = typer.Option(0, help="Seed of the random controls and the bootstrap."),
-    n_boot: int = typer.Option(10_000, help="Paired-bootstrap resamples of each CI."),
-    batch_size: int = typer.Option(8, help="Items per generate call."),
-    limit: int = typer.Option(None, help="Only the first N answered items."),
+    name: str = _opt(InterveneConfig, "name"),
+    layers: str = _opt(InterveneConfig, "layers", help="decoder blocks, e.g. '1,3' or '-1' (default: the kind's)."),
+    k: int = _opt(InterveneConfig, "k"),
+    site: str = _opt(InterveneConfig, "site"),
+    mode: str = _opt(InterveneConfig, "mode"),
+    clamp_scale: float = _opt(InterveneConfig, "clamp_scale"),
+    sizes: str = _opt(
+        InterveneConfig, "sizes", help="mass: unit counts (>=1) or width fractions (<1), e.g. 500,1000,2000."
+    ),
+    heads: str = _opt(InterveneConfig, "heads", help="heads: which heads (default: each head of each layer)."),
+    frac: float = _opt(InterveneConfig, "frac"),
+    map_layer: int = _opt(InterveneConfig, "map_layer"),
+    aggregation: str = _opt(InterveneConfig, "aggregation"),
+    space: str = _opt(InterveneConfig, "space"),
+    fill: str = _opt(InterveneConfig, "fill"),
+    corruption: str = _opt(InterveneConfig, "corruption"),
+    sites: str = _opt(InterveneConfig, "patch_sites", "--sites"),
+    positions: str = _opt(InterveneConfig, "patch_positions", "--positions"),
+    seed: int = _opt(InterveneConfig, "seed"),
+    n_boot: int = _opt(InterveneConfig, "n_boot"),
+    batch_size: int = _opt(InterveneConfig, "batch_size"),
+    limit: int | None = _opt(InterveneConfig, "limit"),
 ) -> None:
     """Re-answer a run's items under an intervention: paired accuracy and margin deltas with CIs."""
-    from vrp.interventions import InterveneConfig
     from vrp.interventions import intervene as run_intervention
     from vrp.interventions.config import InterveneConfigError
 
@@ -272,23 +285,22 @@ def _print_interventions(run: Path, experiment: str, entry: dict) -> None:
 @app.command()
 def probe(
     run: Path = typer.Option(..., "--run", help="A run directory written by `vrp run`."),
-    seed: int = typer.Option(0, help="Seed of the split and of every probe."),
-    stacked_k: int = typer.Option(5, help="Layers concatenated by the stacked probe."),
+    seed: int = _opt(ProbeConfig, "seed"),
+    stacked_k: int = _opt(ProbeConfig, "stacked_k"),
 ) -> None:
     """Train the reliability probes (dense, sparse, stacked, MLP, attention ensembles) on a run."""
     _check_run_dir(run)
     try:
-        _train_probes(run, seed, stacked_k)
+        _train_probes(run, ProbeConfig(seed=seed, stacked_k=stacked_k))
     except (ValueError, KeyError) as e:
         _fail(str(e))
 
 
-def _train_probes(run: Path, seed: int, stacked_k: int | None) -> None:
-    """Train the probes and print their table; ``stacked_k`` None = ProbeConfig's default."""
-    from vrp.analysis.probing import ProbeConfig, train_probes
+def _train_probes(run: Path, cfg: ProbeConfig) -> None:
+    """Train the probes and print their table."""
+    from vrp.analysis.probing import train_probes
 
     with console.status("training probes"):
-        cfg = ProbeConfig(seed=seed, **_given(stacked_k=stacked_k))
         summary = train_probes(run, cfg)
     table = Table(title=f"probes on {run} (n = {summary['n']}, split {summary['split_sizes']})")
     for col in ("probe", "chosen on validation", "val AUROC", "test AUROC"):
@@ -303,22 +315,20 @@ def _train_probes(run: Path, seed: int, stacked_k: int | None) -> None:
 @app.command()
 def analyze(
     run: Path = typer.Option(..., "--run", help="A run directory written by `vrp run` (and `vrp probe`)."),
-    n_boot: int = typer.Option(10_000, help="Bootstrap resamples of each CI."),
-    n_perm: int = typer.Option(10_000, help="Permutations of each p-value."),
-    seed: int = typer.Option(0, help="Seed of the resampling."),
+    n_boot: int = _opt(AnalyzeConfig, "n_boot"),
+    n_perm: int = _opt(AnalyzeConfig, "n_perm"),
+    seed: int = _opt(AnalyzeConfig, "seed"),
 ) -> None:
     """Which signals predict correctness: AUROC with 95% CIs, p-values (Bonferroni, BH), AURC, ECE."""
     _check_run_dir(run)
-    _analyze(run, n_boot, n_perm, seed)
+    _analyze(run, AnalyzeConfig(n_boot=n_boot, n_perm=n_perm, seed=seed))
 
 
-def _analyze(run: Path, n_boot: int | None, n_perm: int | None, seed: int) -> None:
-    """Run the predictor analysis and print its table; None resamples = AnalyzeConfig's default."""
-    from vrp.analysis.predictors import AnalyzeConfig
+def _analyze(run: Path, cfg: AnalyzeConfig) -> None:
+    """Run the predictor analysis and print its table."""
     from vrp.analysis.predictors import analyze as run_analysis
     from vrp.signals.catalog import NEEDS_NOTE
 
-    cfg = AnalyzeConfig(seed=seed, **_given(n_boot=n_boot, n_perm=n_perm))
     with console.status("bootstrapping"):
         summary = run_analysis(run, cfg)
     table = Table(title=f"predictors of correctness on {run}")
@@ -346,26 +356,27 @@ def _analyze(run: Path, n_boot: int | None, n_perm: int | None, seed: int) -> No
 @app.command()
 def report(
     run: Path = typer.Option(..., "--run", help="A run directory written by `vrp run` (and probe, analyze)."),
-    layer: int | None = typer.Option(None, help="Decoder block of the cases' attention overlays (default: last)."),
-    cases: int = typer.Option(6, help="Case studies: half most confident wrong, half least confident right."),
+    layer: int | None = _opt(ReportConfig, "layer"),
+    cases: int = _opt(ReportConfig, "n_cases", "--cases"),
 ) -> None:
     """Build the offline HTML report (RUN_DIR/report/index.html) and RUN_DIR/summary.json; no model is loaded."""
     _check_run_dir(run)
-    path = _report(run, layer, cases)
+    path = _report(run, ReportConfig(layer=layer, n_cases=cases))
     typer.echo(str(path))
 
 
 @world_app.command("generate")
 def world_generate(
     out: Path = typer.Option(..., help="Folder to write images/, items.jsonl, scenes.jsonl, world.json."),
-    n: int = typer.Option(300, help="Number of images (each yields one item per task family; existence two)."),
-    seed: int = typer.Option(0, help="Seed: same seed -> identical images and questions."),
-    strategy: str = typer.Option("mixed", help="POPE negative strategy: random, popular, adversarial or mixed."),
-    image_size: int = typer.Option(48, help="Image side in pixels."),
+    n: int = _opt(
+        RunConfig, "world_images", help="number of images (each yields one item per task family; existence two)."
+    ),
+    seed: int = _opt(RunConfig, "seed", help="seed: same seed -> identical images and questions."),
+    strategy: str = typer.Option(STRATEGY, help="POPE negative strategy: random, popular, adversarial or mixed."),
+    image_size: int = _opt(WorldConfig, "image_size"),
 ) -> None:
     """Generate a ShapesWorld dataset in the generic JSONL format."""
     from vrp.world.dataset import write_dataset
-    from vrp.world.scene import WorldConfig
 
     if n < 1:
         _fail("--n must be >= 1")
@@ -386,10 +397,12 @@ def world_train(
         help="Training steps (default: the recipe's for this arch). Fewer than the recipe's schedule stop "
         "that schedule early; more stretch the schedule to this length.",
     ),
-    seed: int = typer.Option(0, help="Seed of initialisation and data."),
-    threads: int = typer.Option(0, help="Torch CPU threads (0 = default)."),
+    seed: int = _opt(TrainConfig, "seed"),
+    threads: int = _opt(TrainConfig, "threads"),
     evaluate: bool = typer.Option(True, help="Measure greedy accuracy on held-out images and write eval.json."),
-    device: str = typer.Option("cpu", help="Torch device (the recipe is tuned on CPU; a GPU gives other numbers)."),
+    device: str = _opt(
+        RunConfig, "device", help="torch device (the recipe is tuned on CPU; a GPU gives other numbers)."
+    ),
 ) -> None:
     """Train a toy VLM of ARCH from random init on ShapesWorld (CPU by default)."""
     from vrp.toys.build import ARCHS
@@ -426,7 +439,7 @@ def world_train(
                 f"[yellow]outside the {TARGET_BAND[0]:.0%}-{TARGET_BAND[1]:.0%} target band: "
                 + ", ".join(f"{t} {a:.3f}" for t, a in off.items())
                 + ". Training these toys is chaotic: another --seed or --threads gives another run "
-                "(README 'Toy models').[/yellow]"
+                "(docs/toys.md).[/yellow]"
             )
     console.print(f"saved to {out}")
 
@@ -435,9 +448,9 @@ def world_train(
 def monitor_export(
     run: Path = typer.Option(..., "--run", help="A run directory on which `vrp probe` has run."),
     out: Path = typer.Option(..., "--out", help="The monitor directory to write."),
-    probe: str = typer.Option("probe_dense", help="probe_dense (L2) or probe_sparse (L1), at its validation layer."),
-    target_risk: float | None = typer.Option(None, help="Abstain to reach this risk on validation (default 0.1)."),
-    target_coverage: float | None = typer.Option(None, help="Instead: answer this fraction of validation items."),
+    probe: str = _opt(ExportConfig, "probe"),
+    target_risk: float | None = _opt(ExportConfig, "target_risk"),
+    target_coverage: float | None = _opt(ExportConfig, "target_coverage"),
 ) -> None:
     """Package a run's probe, threshold and model identity as a monitor (safetensors + JSON)."""
     from vrp.monitor import MonitorError, export_monitor
@@ -500,7 +513,7 @@ def ask(
     batch: Path | None = typer.Option(None, "--batch", help="Batch mode: a JSONL file of {id, image, question}."),
     out: Path | None = typer.Option(None, "--out", help="Batch mode: the answers file to write (JSONL)."),
     model: str | None = typer.Option(None, help="The model (default: the one the monitor was exported from)."),
-    device: str = typer.Option("cpu", help="Torch device."),
+    device: str = _opt(RunConfig, "device"),
     batch_size: int | None = typer.Option(None, help="Questions per generate call (default: the run's)."),
     threshold: float | None = typer.Option(None, help="Override the monitor's abstention threshold."),
     force: bool = typer.Option(False, "--force", help="Attach even if the model's identity or dtype differs."),

@@ -136,6 +136,7 @@ def field_help(cls: type) -> dict[str, str]:
 # ---- what one item is traced with ------------------------------------------------------
 
 RHO_RULES = ("mass", "patches")
+DEVICE = "cpu"  # the default torch device of every command
 _CAPTURE_DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -243,7 +244,7 @@ class RunConfig:
     seed: int = _TRACE.seed
     batch_size: int = _TRACE.batch_size
     max_new_tokens: int = _TRACE.max_new_tokens
-    device: str = "cpu"
+    device: str = DEVICE
     dtype: str = "float32"
     world_images: int = 300
     samples: int = _TRACE.samples

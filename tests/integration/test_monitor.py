@@ -28,7 +28,8 @@ ATOL_OTHER_BATCH = 1e-3
 
 @pytest.fixture(scope="module")
 def probed(tmp_path_factory):
-    from vrp.analysis.probing import ProbeConfig, train_probes
+    from vrp.analysis.config import ProbeConfig
+    from vrp.analysis.probing import train_probes
 
     out = tmp_path_factory.mktemp("mon") / "run"
     cli_run(out, "--data", "shapesworld:30", "--samples", "0", "--max-new-tokens", "4", "--seed", "5")

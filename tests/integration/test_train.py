@@ -11,9 +11,10 @@ import torch
 
 from vrp.models import adapter_for, load_adapter
 from vrp.toys.build import build_toy
+from vrp.toys.config import TrainConfig
 from vrp.toys.forcing import encode_batch, per_example_loss
 from vrp.toys.supervision import patch_labels
-from vrp.toys.train import TrainConfig, curriculum_world, train
+from vrp.toys.train import curriculum_world, train
 from vrp.world.scene import COLOURS, SHAPES, Obj, Scene, WorldConfig, render
 
 

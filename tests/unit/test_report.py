@@ -111,7 +111,8 @@ def add_probes(run: Path) -> None:
 
 
 def add_analysis(run: Path) -> None:
-    from vrp.analysis.predictors import AnalyzeConfig, analyze
+    from vrp.analysis.config import AnalyzeConfig
+    from vrp.analysis.predictors import analyze
 
     analyze(run, AnalyzeConfig(n_boot=200, n_perm=200))
 

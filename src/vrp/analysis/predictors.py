@@ -20,16 +20,16 @@ probes' test split only (their ``n`` says so); every other row on all answered i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vrp.analysis.config import AnalyzeConfig
 from vrp.runs import storage
 from vrp.runs.rundir import atomic_write_json, write_table
-from vrp.signals.catalog import SIGNALS
+from vrp.signals.catalog import CURVES, SIGNALS
 
 PROBE_ROWS = {
     "probe_dense": "best-layer dense (L2) probe on residuals",
@@ -40,17 +40,6 @@ PROBE_ROWS = {
     "attn_ensemble_rf": "random forest on per-layer attention features",
 }
 PROBABILITIES = {"token_confidence", "geo_mean_prob", "self_consistency", *PROBE_ROWS}
-
-
-@dataclass(frozen=True)
-class AnalyzeConfig:
-    """Options of ``vrp analyze``: bootstrap/permutation resamples, CI level, seed, ECE bins."""
-
-    n_boot: int = 10_000
-    n_perm: int = 10_000
-    level: float = 0.95
-    seed: int = 0
-    ece_bins: int = 15
 
 
 def _row(
@@ -123,16 +112,16 @@ def layer_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table:
         mean, lo, hi = _mean_ci(m, rng, cfg)
         cols[f"margin_{label}_mean"], cols[f"margin_{label}_ci_low"], cols[f"margin_{label}_ci_high"] = mean, lo, hi
     cols["margin_auroc"] = [float(auroc(margin[:, k], y)) for k in range(margin.shape[1])]
-    for s in SIGNALS:  # structural curves are per block: residual layer k = block k - 1
-        if s.family != "structural" or s.name.endswith("_mean") or s.name in ("attn_entropy_delta",):
+    for c in CURVES:  # structural curves are per block: residual layer k = block k - 1
+        if c.family != "structural" or c.name == "attn_entropy_delta":  # a change between blocks
             continue
         try:
-            c_ids, curve = storage.load_stacked(run_dir, f"curve.{s.name}")
+            c_ids, curve = storage.load_stacked(run_dir, f"curve.{c.name}")
         except KeyError:
             continue
         yc = items.loc[c_ids, "correct"].to_numpy().astype(bool)
-        sign = -1.0 if s.direction == "lower" else 1.0
-        cols[f"{s.name}_auroc"] = [float("nan")] + [float(auroc(sign * curve[:, k], yc)) for k in range(curve.shape[1])]
+        sign = -1.0 if c.direction == "lower" else 1.0
+        cols[f"{c.name}_auroc"] = [float("nan")] + [float(auroc(sign * curve[:, k], yc)) for k in range(curve.shape[1])]
     summary = run_dir / "probes" / "summary.json"
     if summary.is_file():
         probes = json.loads(summary.read_text())

@@ -18,42 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vrp.analysis.config import ProbeConfig
 from vrp.runs import storage
 from vrp.runs.rundir import atomic_write_json, write_table
 
 log = logging.getLogger(__name__)
-CS = (0.001, 0.01, 0.1, 1.0)
 ATTN_FEATURES = ("attn_entropy", "attn_secondary", "attn_peakiness")
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """Options of ``vrp probe``.
-
-    Attributes:
-        seed: seed of the split and of every probe.
-        fractions: train / validation / test fractions of the items (grouped by image).
-        cs: the inverse-regularization grid searched on validation for the logistic probes.
-        stacked_k: layers concatenated by the stacked probe (the last k stored layers).
-        mlp_hidden: hidden units of the MLP probe.
-        trees: estimators of the attention-feature ensembles.
-        max_iter: solver iterations of the logistic probes.
-    """
-
-    seed: int = 0
-    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    cs: tuple[float, ...] = CS
-    stacked_k: int = 5
-    mlp_hidden: int = 256
-    trees: int = 200
-    max_iter: int = 1000
 
 
 def _auroc(scores: np.ndarray, y: np.ndarray) -> float:

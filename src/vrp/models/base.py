@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from vrp.config import DEVICE
 from vrp.models.grids import ImageGrid
 
 _REGISTRY: dict[str, type[ModelAdapter]] = {}
@@ -91,7 +92,7 @@ class ModelAdapter:
     module_paths: ClassVar[dict[str, str]] = {}
 
     @classmethod
-    def load(cls, path: str | Path, dtype: Any = None, device: str = "cpu") -> ModelAdapter:
+    def load(cls, path: str | Path, dtype: Any = None, device: str = DEVICE) -> ModelAdapter:
         """Load model and processor with ``from_pretrained`` and check the module map."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 

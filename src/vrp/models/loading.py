@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vrp.config import DEVICE
 from vrp.models.base import ModelAdapter, adapter_for, read_model_type
 
 TOY_MODELS = ("toy-llava", "toy-paligemma", "toy-qwen2vl")
@@ -35,7 +36,7 @@ def resolve_model_path(name_or_path: str) -> Path:
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
-def load_adapter(name_or_path: str | Path, dtype: Any = None, device: str = "cpu") -> ModelAdapter:
+def load_adapter(name_or_path: str | Path, dtype: Any = None, device: str = DEVICE) -> ModelAdapter:
     """Load a model through its family's adapter (what :func:`vrp.load` is).
 
     Args:

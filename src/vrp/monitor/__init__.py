@@ -2,15 +2,30 @@
 
 Example::
 
-    from vrp.monitor import Monitor
+    import vrp
 
-    monitor = Monitor.load("monitors/llava").attach(model, processor)
+    monitor = vrp.Monitor.load("monitors/llava").attach(vrp.load("/models/llava-1.5-7b-hf"))
     answer = monitor.ask(image, "Is there a red circle?")  # Answer(text, p_correct, abstain, ...)
+
+Names are imported on first use, so reading :mod:`vrp.monitor.config` does not load torch.
 """
 
-from vrp.monitor.export import export_monitor
-from vrp.monitor.files import FORMAT, MonitorError, read_monitor
-from vrp.monitor.live import Answer, Monitor
-from vrp.monitor.thresholds import choose_threshold
+from importlib import import_module
 
-__all__ = ["FORMAT", "Answer", "Monitor", "MonitorError", "choose_threshold", "export_monitor", "read_monitor"]
+_EXPORTS = {
+    "Answer": "vrp.monitor.live",
+    "ExportConfig": "vrp.monitor.config",
+    "FORMAT": "vrp.monitor.files",
+    "Monitor": "vrp.monitor.live",
+    "MonitorError": "vrp.monitor.files",
+    "choose_threshold": "vrp.monitor.thresholds",
+    "export_monitor": "vrp.monitor.export",
+    "read_monitor": "vrp.monitor.files",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vrp.monitor' has no attribute {name!r}")

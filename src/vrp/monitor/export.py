@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from vrp.config import ConfigError
+from vrp.monitor.config import ExportConfig
 from vrp.monitor.files import MonitorError, write_monitor
 from vrp.monitor.thresholds import thresholds
 from vrp.runs.rundir import json_safe
 
-PROBES = ("probe_dense", "probe_sparse")
 RESIDUAL_MEANING = "0 = embedding output (input of decoder block 0); i >= 1 = output of decoder block i - 1"
 POSITION_MEANING = (
     "decision position: the last prompt token, read during the prefill call of the greedy generate "
@@ -124,7 +125,7 @@ def _chosen_probe(run_dir: Path, probe: str) -> tuple[dict, dict[str, np.ndarray
 def export_monitor(
     run_dir: str | Path,
     out_dir: str | Path,
-    probe: str = "probe_dense",
+    probe: str = ExportConfig.probe,
     target_risk: float | None = None,
     target_coverage: float | None = None,
 ) -> dict:
@@ -134,8 +135,8 @@ def export_monitor(
         run_dir: a run directory on which ``vrp probe`` has run.
         out_dir: the monitor directory to write (created; its two files replaced).
         probe: ``probe_dense`` (L2, default) or ``probe_sparse`` (L1).
-        target_risk: abstention threshold for this validation risk (default 0.1 when
-            neither target is given).
+        target_risk: abstention threshold for this validation risk (0.1, ``DEFAULT_TARGET_RISK``,
+            when neither target is given).
         target_coverage: abstention threshold for this validation coverage instead.
 
     Raises:
@@ -144,10 +145,10 @@ def export_monitor(
     """
     from vrp._version import __version__
 
-    if probe not in PROBES:
-        raise MonitorError(f"probe must be one of {', '.join(PROBES)}, got {probe!r}")
-    if target_risk is None and target_coverage is None:
-        target_risk = 0.1
+    try:
+        target_risk, target_coverage = ExportConfig(probe, target_risk, target_coverage).rule
+    except ConfigError as e:
+        raise MonitorError(str(e)) from None
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MonitorError(f"run directory {run_dir} does not exist")

@@ -1,5 +1,15 @@
-"""The offline HTML report of a run directory (``vrp report``); never touches a model."""
+"""The offline HTML report of a run directory (``vrp report``); never touches a model.
 
-from vrp.report.build import build_report
+Names are imported on first use, so reading :mod:`vrp.report.config` does not load matplotlib.
+"""
 
-__all__ = ["build_report"]
+from importlib import import_module
+
+_EXPORTS = {"build_report": "vrp.report.build", "ReportConfig": "vrp.report.config"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vrp.report' has no attribute {name!r}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from vrp.fileio import atomic_write_bytes
 from vrp.report.cases import cases_section
+from vrp.report.config import ReportConfig
 from vrp.report.data import finite, load_run
 from vrp.report.effects import interventions_section
 from vrp.report.html import page
@@ -15,7 +16,7 @@ from vrp.report.summary import build_summary
 from vrp.runs.rundir import atomic_write_json
 
 
-def build_report(run_dir: Path, *, layer: int | None = None, n_cases: int = 6) -> Path:
+def build_report(run_dir: Path, *, layer: int | None = ReportConfig.layer, n_cases: int = ReportConfig.n_cases) -> Path:
     """Write ``RUN_DIR/report/index.html`` and ``RUN_DIR/summary.json`` from the run directory alone.
 
     No model is loaded: everything comes from what ``vrp run`` / ``probe`` / ``analyze`` /
@@ -36,8 +37,7 @@ def build_report(run_dir: Path, *, layer: int | None = None, n_cases: int = 6) -
         FileNotFoundError: ``run_dir`` holds no finished run.
         ValueError: ``layer`` has no stored attention map, or ``n_cases`` < 0.
     """
-    if n_cases < 0:
-        raise ValueError(f"n_cases must be >= 0, got {n_cases}")
+    ReportConfig(layer=layer, n_cases=n_cases)  # validates
     run = load_run(Path(run_dir))
     sections = [
         run_section(run),

@@ -8,16 +8,14 @@ from vrp.report import figures as F
 from vrp.report.curves import Split, curve_split, margin_split, mlp_share_split
 from vrp.report.data import RunData
 from vrp.report.html import Section, esc, howto, img, missing
-from vrp.signals.catalog import BY_NAME
+from vrp.signals.catalog import CURVE_BY_NAME
 
 AXIS_LABEL = {"residual": "residual layer (0 = embeddings)", "block": "decoder block"}
-# The catalog signal each per-layer AUROC column is the curve of (the margin read at every layer, not only the last)
-CURVE_SIGNAL = {"margin": "margin_last"}
 
 
 def _curve_label(curve: str) -> str:
     """The curve's name, with what it reads besides the model (``needs`` in vrp.signals.catalog)."""
-    needs = BY_NAME[CURVE_SIGNAL.get(curve, curve)].needs
+    needs = CURVE_BY_NAME[curve].needs
     return f"{curve} [{needs}]" if needs else curve
 
 

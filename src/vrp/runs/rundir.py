@@ -1,6 +1,6 @@
 """The run directory: manifest, per-item table, failures. Files are written atomically.
 
-Layout (see README "Run directory"):
+Layout (docs/run-directory.md):
     manifest.json     resolved config, model identity, data fingerprint, versions, times,
                       counts, status ("running", "interrupted", "complete"), accuracy
     items.parquet     one row per answered item (merged from the shards when the run ends)

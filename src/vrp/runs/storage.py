@@ -10,7 +10,7 @@ moment leaves only complete batches and temporary files, which resume deletes.
 Arrays (float16 unless noted; ``n`` = answered items of the batch, in row order):
     residual                  [n, 1 + S_l, d]  decision-position residual, embedding + stored blocks
     attention.<row>           [S_l, rows, cols] p_l (mean) or [S_l, H, rows, cols] raw per head (heads)
-    curve.<name>              [n, L] or [n, L + 1] float32 per-layer curves (see README)
+    curve.<name>              [n, L] or [n, L + 1] float32 per-layer curves (vrp.signals.catalog.CURVES; docs/run-directory.md)
 """
 
 from __future__ import annotations

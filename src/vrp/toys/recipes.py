@@ -8,7 +8,7 @@ spatial and attribute questions: what made spatial relations learnable, see
 docs/experiments/2026-11-22-toy-spatial).
 
 What differs by architecture (``FAMILY``), each found with one CPU run per candidate (see
-docs/experiments/2026-11-22-toy-speed and README "Toy models"):
+docs/experiments/2026-11-22-toy-speed and docs/toys.md):
 
 - toy-llava supervises existence questions too, on head 2 (``attn_sup_heads``), so that
   existence reliably leaves chance early without slowing spatial relations (which use heads
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vrp.toys.train import TrainConfig
+from vrp.toys.config import TrainConfig
 from vrp.world.scene import WorldConfig
 
 TASK_WEIGHTS = {

@@ -1,6 +1,6 @@
 """Train a toy VLM from random init on ShapesWorld, seeded (on CPU by default).
 
-The recipe (what made all three families learn; see README "Toy models"):
+The recipe (what made all three families learn; see docs/toys.md):
 
 - an auxiliary *describe* task (write every object, left to right) with loss on every
   caption token, mixed with the question families; without it the image pathway
@@ -42,63 +42,16 @@ import torch
 
 from vrp.capture.attention import IMPL_NAME, recording, register
 from vrp.capture.engine import language_attention
+from vrp.config import DEVICE
 from vrp.models.base import ModelAdapter, adapter_for
 from vrp.toys.build import build_toy
+from vrp.toys.config import TrainConfig
 from vrp.toys.forcing import band_distance, build_eval_set, encode_batch, evaluate, per_example_loss, vision_grad_norm
 from vrp.toys.supervision import AttentionSupervisor, PatchProbe, object_patch_counts, patch_labels
 from vrp.toys.tasks import sample_example
 from vrp.world.dataset import generate
 from vrp.world.questions import DatasetStats, Question
 from vrp.world.scene import Scene, WorldConfig, WorldStats, render
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    arch: str = "llava"
-    seed: int = 0
-    steps: int = 6000
-    # > 0: the learning-rate schedule and the curriculum are laid out over this many steps and
-    # training stops after ``steps`` (a truncated schedule: the first ``steps`` of a longer run)
-    schedule_steps: int = 0
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup: int = 200
-    weight_decay: float = 0.05
-    eval_every: int = 250
-    eval_images: int = 250
-    band: tuple[float, float] = (0.72, 0.90)
-    threads: int = 0  # 0 = torch default
-    patch_weight: float = 1.0  # weight of the auxiliary per-patch colour/shape loss
-    patch: int = 12  # pixels per image token side
-    position_heads: bool = False  # also predict each token's patch row/column in the auxiliary heads
-    pos_embed_std: float = 0.0  # > 0: re-initialise the vision tower's learned position embeddings with this s.d.
-    describe_positions: bool = False  # describe captions also name each object's image quadrant
-    attn_sup_weight: float = 0.0  # > 0: supervise decoder attention onto the named object(s); see AttentionSupervisor
-    attn_sup_layer: int = 2  # the decoder layer whose heads 0 and 1 are supervised
-    attn_sup_tasks: tuple[str, ...] = ("position", "spatial", "attribute")
-    # the head a task's union target goes to (default 0; spatial questions always use heads 0 and 1)
-    attn_sup_heads: dict = field(default_factory=dict)
-    curriculum: float = 0.4  # fraction of the schedule over which max objects rises from 2 to the world's
-    task_weights: dict = field(
-        default_factory=lambda: {
-            "describe": 1.0,
-            "single": 1.0,
-            "position": 1.0,
-            "existence": 3.0,
-            "counting": 1.0,
-            "spatial": 3.0,
-            "attribute": 1.5,
-        }
-    )
-
-    def __post_init__(self):
-        if self.schedule_steps and self.schedule_steps < self.steps:
-            raise ValueError(f"schedule_steps ({self.schedule_steps}) must be 0 or at least steps ({self.steps})")
-
-    @property
-    def horizon(self) -> int:
-        """The number of steps the learning-rate schedule and the curriculum are laid out over."""
-        return self.schedule_steps or self.steps
 
 
 def curriculum_world(wcfg: WorldConfig, step: int, cfg: TrainConfig) -> WorldConfig:
@@ -376,7 +329,7 @@ def train(
     wcfg: WorldConfig | None = None,
     progress=None,
     on_step=None,
-    device: str = "cpu",
+    device: str = DEVICE,
 ) -> dict:
     """Train one toy model; save the best-in-band checkpoint to ``out``; return the log.
 

@@ -20,6 +20,9 @@ class SceneQuestions:
     questions: list[Question]
 
 
+STRATEGY = "mixed"  # the default: the three POPE strategies in rotation
+
+
 def strategy_for(index: int, strategy: str) -> str:
     """POPE strategy of scene ``index``: fixed, or rotating when ``strategy == "mixed"``."""
     if strategy == "mixed":
@@ -33,7 +36,7 @@ def generate(
     n_images: int,
     seed: int,
     cfg: WorldConfig | None = None,
-    strategy: str = "mixed",
+    strategy: str = STRATEGY,
     tasks: tuple[str, ...] = TASKS,
 ) -> tuple[list[SceneQuestions], DatasetStats]:
     """Sample ``n_images`` scenes and their questions. Deterministic in ``seed``.
@@ -59,7 +62,7 @@ def write_dataset(
     n_images: int,
     seed: int,
     cfg: WorldConfig | None = None,
-    strategy: str = "mixed",
+    strategy: str = STRATEGY,
     tasks: tuple[str, ...] = TASKS,
 ) -> Path:
     """Write images/, items.jsonl (generic format), scenes.jsonl and world.json; return the

@@ -1,7 +1,7 @@
 """Benchmark loaders: published benchmark files -> items, one module per benchmark.
 
 ``--data FORMAT:SPEC`` with SPEC = ``FILE[+FILE2][@IMAGE_DIR][#SPLIT]`` (see
-:mod:`vrp.data.benchmarks._common` and README "Benchmarks"). Each loader reports bad
+:mod:`vrp.data.benchmarks._common` and docs/data.md, "Benchmarks"). Each loader reports bad
 records as load failures with file and record and keeps the rest; a file that is not in
 its format at all is a :class:`~vrp.data.errors.DataSpecError`.
 """
