@@ -13,37 +13,27 @@ The public API (names are imported on first use, so ``import vrp`` stays light):
 attaches a trained probe to a live model. See docs/python-api.md.
 """
 
-from importlib import import_module
-from typing import Any
-
+from vrp._lazy import lazy_getattr
 from vrp._version import __version__
 
 # public name -> the module that defines it (one place each)
 _EXPORTS = {
-    "load": ("vrp.models.loading", "load_adapter"),
-    "ModelAdapter": ("vrp.models.base", "ModelAdapter"),
-    "trace": ("vrp.tracing.trace", "trace"),
-    "Trace": ("vrp.tracing.trace", "Trace"),
-    "TraceConfig": ("vrp.config", "TraceConfig"),
-    "RunConfig": ("vrp.config", "RunConfig"),
-    "ConfigError": ("vrp.config", "ConfigError"),
-    "Item": ("vrp.data.items", "Item"),
-    "load_items": ("vrp.data.sources", "load_items"),
-    "run": ("vrp.runs.pipeline", "run"),
-    "hooks": ("vrp.models.sites", "hooks"),
-    "Monitor": ("vrp.monitor.live", "Monitor"),
-    "Answer": ("vrp.monitor.live", "Answer"),
+    "load": "vrp.models.loading:load_adapter",
+    "ModelAdapter": "vrp.models.base",
+    "trace": "vrp.tracing.trace",
+    "Trace": "vrp.tracing.trace",
+    "TraceConfig": "vrp.config",
+    "RunConfig": "vrp.config",
+    "ConfigError": "vrp.config",
+    "Item": "vrp.data.items",
+    "load_items": "vrp.data.sources",
+    "run": "vrp.runs.pipeline",
+    "hooks": "vrp.models.sites",
+    "Monitor": "vrp.monitor.live",
+    "Answer": "vrp.monitor.live",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        module, attr = _EXPORTS[name]
-        value = getattr(import_module(module), attr)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'vrp' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -14,7 +14,7 @@ import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 
 class ConfigError(ValueError):
@@ -133,6 +133,38 @@ def field_help(cls: type) -> dict[str, str]:
     return out
 
 
+class Config:
+    """The base of every option dataclass of vrp (subclasses are frozen dataclasses).
+
+    On construction the fields' declared types are checked (:func:`validate_types`), then the
+    subclass's :meth:`check`; :meth:`from_dict` builds one from JSON, rejecting unknown keys.
+    Errors are ``error`` (``ConfigError`` unless the subclass names another ``ValueError``).
+    """
+
+    error: ClassVar[type[Exception]] = ConfigError
+
+    def __post_init__(self) -> None:
+        validate_types(self, self.error)
+        self.check()
+
+    def check(self) -> None:
+        """Range and consistency checks beyond the declared types (raise with :meth:`require`)."""
+
+    def require(self, *checks: tuple[bool, str]) -> None:
+        """Raise ``self.error`` with the message of the first ``(ok, message)`` that is not ok."""
+        for ok, msg in checks:
+            if not ok:
+                raise self.error(msg)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Any:
+        """Build from a dict; unknown keys are an error, not silently dropped."""
+        return from_dict(cls, d, cls.error)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 # ---- what one item is traced with ------------------------------------------------------
 
 RHO_RULES = ("mass", "patches")
@@ -141,7 +173,7 @@ _CAPTURE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
-class TraceConfig:
+class TraceConfig(Config):
     """What :func:`vrp.trace` records and computes for each item (and a run for each batch).
 
     Attributes:
@@ -171,9 +203,8 @@ class TraceConfig:
     batch_size: int = 16
     dtype: str = "float32"
 
-    def __post_init__(self) -> None:
-        validate_types(self)
-        _check(
+    def check(self) -> None:
+        self.require(
             (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
             (self.samples >= 0, f"samples must be >= 0, got {self.samples}"),
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
@@ -185,20 +216,6 @@ class TraceConfig:
             (self.dtype in _CAPTURE_DTYPES, f"dtype must be one of {', '.join(_CAPTURE_DTYPES)}, got {self.dtype!r}"),
         )
 
-    @classmethod
-    def from_dict(cls, d: dict) -> TraceConfig:
-        """Build from a dict; unknown keys are an error, not silently dropped."""
-        return from_dict(cls, d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _check(*checks: tuple[bool, str]) -> None:
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-
 
 # ---- what a run computes -----------------------------------------------------------------
 
@@ -206,7 +223,7 @@ _TRACE = TraceConfig()
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Config):
     """Everything that determines what ``vrp run`` computes.
 
     Attributes:
@@ -258,10 +275,9 @@ class RunConfig:
     engine: str = "local"
     workers: int = 2
 
-    def __post_init__(self) -> None:
-        validate_types(self)
+    def check(self) -> None:
         self.trace_config()  # validates the fields it shares with TraceConfig
-        _check(
+        self.require(
             (self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}"),
             (self.dtype in ("float32", "float16", "bfloat16"),
              f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}"),
@@ -296,14 +312,6 @@ class RunConfig:
     # resumed with different values.
     OPERATIONAL = ("engine", "workers", "out")
 
-    @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        """Build from a dict; unknown keys are an error, not silently dropped."""
-        return from_dict(cls, d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def _parse_layers(spec: str) -> list[int] | None:
     """``"all"`` -> None, ``"none"`` -> [], ``"0,8,-1"`` -> [0, 8, -1]; ConfigError otherwise."""
@@ -319,6 +327,7 @@ def _parse_layers(spec: str) -> list[int] | None:
 
 
 __all__ = [
+    "Config",
     "ConfigError",
     "RunConfig",
     "TraceConfig",

@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "vrp"
 
 # bottom to top; a package (or top-level module) of vrp -> its layer
 LAYERS: list[set[str]] = [
-    {"_version", "config", "fileio"},
+    {"_lazy", "_version", "config", "fileio"},
     {"data", "world"},
     {"models"},
     {"capture"},

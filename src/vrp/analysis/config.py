@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from vrp.config import ConfigError, from_dict, validate_types
+from vrp.config import Config
 
 CS = (0.001, 0.01, 0.1, 1.0)
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(Config):
     """Options of ``vrp probe``.
 
     Attributes:
@@ -31,26 +31,18 @@ class ProbeConfig:
     trees: int = 200
     max_iter: int = 1000
 
-    def __post_init__(self) -> None:
-        validate_types(self)
-        if not (all(f > 0 for f in self.fractions) and abs(sum(self.fractions) - 1) < 1e-9):
-            raise ConfigError(f"fractions must be three positive numbers summing to 1, got {self.fractions}")
-        if not self.cs or any(c <= 0 for c in self.cs):
-            raise ConfigError(f"cs must be positive values, got {self.cs}")
-        for name in ("stacked_k", "mlp_hidden", "trees", "max_iter"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ProbeConfig:
-        return from_dict(cls, d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self) -> None:
+        self.require(
+            (all(f > 0 for f in self.fractions) and abs(sum(self.fractions) - 1) < 1e-9,
+             f"fractions must be three positive numbers summing to 1, got {self.fractions}"),
+            (bool(self.cs) and all(c > 0 for c in self.cs), f"cs must be positive values, got {self.cs}"),
+            *((getattr(self, n) >= 1, f"{n} must be >= 1, got {getattr(self, n)}")
+              for n in ("stacked_k", "mlp_hidden", "trees", "max_iter")),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
-class AnalyzeConfig:
+class AnalyzeConfig(Config):
     """Options of ``vrp analyze``.
 
     Attributes:
@@ -67,18 +59,12 @@ class AnalyzeConfig:
     seed: int = 0
     ece_bins: int = 15
 
-    def __post_init__(self) -> None:
-        validate_types(self)
-        if self.n_boot < 0 or self.n_perm < 0:
-            raise ConfigError(f"n_boot and n_perm must be >= 0, got {self.n_boot}, {self.n_perm}")
-        if not 0 < self.level < 1:
-            raise ConfigError(f"level must be in (0, 1), got {self.level}")
-        if self.ece_bins < 1:
-            raise ConfigError(f"ece_bins must be >= 1, got {self.ece_bins}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AnalyzeConfig:
-        return from_dict(cls, d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self) -> None:
+        self.require(
+            (
+                self.n_boot >= 0 and self.n_perm >= 0,
+                f"n_boot and n_perm must be >= 0, got {self.n_boot}, {self.n_perm}",
+            ),
+            (0 < self.level < 1, f"level must be in (0, 1), got {self.level}"),
+            (self.ece_bins >= 1, f"ece_bins must be >= 1, got {self.ece_bins}"),
+        )

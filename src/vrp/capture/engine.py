@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from vrp.capture.attention import IMPL_NAME, AttentionRecorder, recording, register
 from vrp.capture.records import ItemCapture
-from vrp.config import validate_types
+from vrp.config import Config
 from vrp.models.grids import ImageGrid
 from vrp.models.sites import block_site, hooks
 
@@ -31,7 +31,7 @@ _NP_DTYPES = {"float16": np.float16, "bfloat16": np.float32, "float32": np.float
 
 
 @dataclass(frozen=True)
-class CaptureConfig:
+class CaptureConfig(Config):
     """What to capture.
 
     Attributes:
@@ -52,15 +52,13 @@ class CaptureConfig:
     dtype: str = "float16"
     max_new_tokens: int = 10
 
-    def __post_init__(self) -> None:
-        validate_types(self, ValueError)
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"capture dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
+    error = ValueError
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self) -> None:
+        self.require(
+            (self.dtype in _DTYPES, f"capture dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}"),
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+        )
 
 
 @contextmanager

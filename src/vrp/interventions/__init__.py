@@ -5,7 +5,7 @@ The context managers in :mod:`vrp.interventions.hooks` work on any loaded adapte
 imported on first use, so reading :mod:`vrp.interventions.schema` does not load torch.
 """
 
-from importlib import import_module
+from vrp._lazy import lazy_getattr
 
 _EXPORTS = {
     "intervene": "vrp.interventions.api",
@@ -18,9 +18,4 @@ _EXPORTS = {
     "record": "vrp.interventions.hooks",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vrp.interventions' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

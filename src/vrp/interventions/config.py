@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from vrp.config import check_keys
+from vrp.config import Config
 from vrp.interventions.masking import FILLS
 
 KINDS = ("neurons", "mass", "mlp", "heads", "patches", "patching")
@@ -18,7 +18,7 @@ class InterveneConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class InterveneConfig:
+class InterveneConfig(Config):
     """One intervention experiment on a run's items.
 
     Attributes:
@@ -75,8 +75,10 @@ class InterveneConfig:
     batch_size: int = 8
     limit: int | None = None
 
-    def __post_init__(self) -> None:
-        checks = [
+    error = InterveneConfigError
+
+    def check(self) -> None:
+        self.require(
             (self.kind in KINDS, f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}"),
             (self.k >= 1, f"k must be >= 1, got {self.k}"),
             (self.site in ("residual", "mlp"), f"site must be residual or mlp, got {self.site!r}"),
@@ -93,10 +95,7 @@ class InterveneConfig:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}"),
             (self.sizes is None or all(s > 0 for s in self.sizes), f"sizes must be > 0, got {self.sizes}"),
-        ]  # fmt: skip
-        for ok, msg in checks:
-            if not ok:
-                raise InterveneConfigError(msg)
+        )  # fmt: skip
 
     @staticmethod
     def site_name(kind: str, layer: int) -> str:
@@ -108,12 +107,3 @@ class InterveneConfig:
     @property
     def experiment(self) -> str:
         return self.name or self.kind
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> InterveneConfig:
-        check_keys(cls, d, InterveneConfigError)
-        tup = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
-        return cls(**{**d, **tup})

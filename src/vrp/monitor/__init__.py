@@ -10,7 +10,7 @@ Example::
 Names are imported on first use, so reading :mod:`vrp.monitor.config` does not load torch.
 """
 
-from importlib import import_module
+from vrp._lazy import lazy_getattr
 
 _EXPORTS = {
     "Answer": "vrp.monitor.live",
@@ -23,9 +23,4 @@ _EXPORTS = {
     "read_monitor": "vrp.monitor.files",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vrp.monitor' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

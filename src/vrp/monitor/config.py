@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vrp.config import ConfigError, validate_types
+from vrp.config import Config
 
 PROBES = ("probe_dense", "probe_sparse")
 DEFAULT_TARGET_RISK = 0.1  # the threshold rule when neither target is given
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Config):
     """Options of ``vrp monitor export``.
 
     Attributes:
@@ -24,12 +24,14 @@ class ExportConfig:
     target_risk: float | None = None
     target_coverage: float | None = None
 
-    def __post_init__(self) -> None:
-        validate_types(self)
-        if self.target_risk is not None and self.target_coverage is not None:
-            raise ConfigError("give a target risk or a target coverage, not both")
-        if self.probe not in PROBES:
-            raise ConfigError(f"probe must be one of {', '.join(PROBES)}, got {self.probe!r}")
+    def check(self) -> None:
+        self.require(
+            (
+                self.target_risk is None or self.target_coverage is None,
+                "give a target risk or a target coverage, not both",
+            ),
+            (self.probe in PROBES, f"probe must be one of {', '.join(PROBES)}, got {self.probe!r}"),
+        )
 
     @property
     def rule(self) -> tuple[float | None, float | None]:

@@ -3,13 +3,8 @@
 Names are imported on first use, so reading :mod:`vrp.report.config` does not load matplotlib.
 """
 
-from importlib import import_module
+from vrp._lazy import lazy_getattr
 
 _EXPORTS = {"build_report": "vrp.report.build", "ReportConfig": "vrp.report.config"}
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'vrp.report' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vrp.config import ConfigError, validate_types
+from vrp.config import Config
 
 
 @dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(Config):
     """Options of ``vrp report``.
 
     Attributes:
@@ -19,7 +19,5 @@ class ReportConfig:
     layer: int | None = None
     n_cases: int = 6
 
-    def __post_init__(self) -> None:
-        validate_types(self)
-        if self.n_cases < 0:
-            raise ConfigError(f"n_cases must be >= 0, got {self.n_cases}")
+    def check(self) -> None:
+        self.require((self.n_cases >= 0, f"n_cases must be >= 0, got {self.n_cases}"))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vrp.config import ConfigError, validate_types
+from vrp.config import Config
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """One toy VLM's training recipe (``vrp world train``; the shipped ones are in
     :mod:`vrp.toys.recipes`).
 
@@ -76,13 +76,13 @@ class TrainConfig:
         }
     )
 
-    def __post_init__(self) -> None:
-        validate_types(self)
-        if self.schedule_steps and self.schedule_steps < self.steps:
-            raise ConfigError(f"schedule_steps ({self.schedule_steps}) must be 0 or at least steps ({self.steps})")
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise ConfigError(f"steps, batch_size and eval_every must be >= 1, got {self.steps}, "
-                              f"{self.batch_size}, {self.eval_every}")  # fmt: skip
+    def check(self) -> None:
+        self.require(
+            (not self.schedule_steps or self.schedule_steps >= self.steps,
+             f"schedule_steps ({self.schedule_steps}) must be 0 or at least steps ({self.steps})"),
+            (min(self.steps, self.batch_size, self.eval_every) >= 1,
+             f"steps, batch_size and eval_every must be >= 1, got {self.steps}, {self.batch_size}, {self.eval_every}"),
+        )  # fmt: skip
 
     @property
     def horizon(self) -> int:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vrp.config import ConfigError
+from vrp.config import Config
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLOURS: tuple[str, ...] = ("red", "yellow", "green", "cyan", "blue", "purple")
@@ -32,7 +32,7 @@ SIZES: tuple[str, ...] = ("small", "large")
 
 
 @dataclass(frozen=True)
-class WorldConfig:
+class WorldConfig(Config):
     """Knobs of the synthetic world. Every field has a default; all are data.
 
     Attributes:
@@ -61,43 +61,20 @@ class WorldConfig:
     background: tuple[int, int, int] = (128, 128, 128)
     world_seed: int = 0
 
-    def __post_init__(self) -> None:
-        def check(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"WorldConfig: {msg}")
-
-        check(self.image_size >= 24, f"image_size must be >= 24, got {self.image_size}")
-        check(
-            1 <= self.min_objects <= self.max_objects,
-            f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}",
-        )
-        for name in ("small_px", "large_px"):
-            lo, hi = getattr(self, name)
-            check(
-                4 <= lo <= hi <= self.image_size // 2,
-                f"{name} must be (lo, hi) with 4 <= lo <= hi <= image_size/2, got {(lo, hi)}",
-            )
-        check(self.hue_jitter >= 0, f"hue_jitter must be >= 0, got {self.hue_jitter}")
-        check(0.0 <= self.theme_prob <= 1.0, f"theme_prob must be in [0, 1], got {self.theme_prob}")
+    def check(self) -> None:
         n_cat = len(COLOURS) * len(SHAPES)
-        check(1 <= self.n_groups <= n_cat, f"n_groups must be in [1, {n_cat}], got {self.n_groups}")
-        check(
-            len(self.background) == 3 and all(0 <= c <= 255 for c in self.background),
-            "background must be an RGB triple",
-        )
-
-    @classmethod
-    def from_dict(cls, d: dict) -> WorldConfig:
-        """Build from a dict, rejecting unknown keys."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown WorldConfig keys: {sorted(unknown)}; known: {sorted(known)}")
-        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        self.require(
+            (self.image_size >= 24, f"WorldConfig: image_size must be >= 24, got {self.image_size}"),
+            (1 <= self.min_objects <= self.max_objects,
+             f"WorldConfig: need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"),
+            *((4 <= getattr(self, n)[0] <= getattr(self, n)[1] <= self.image_size // 2,
+               f"WorldConfig: {n} must be (lo, hi) with 4 <= lo <= hi <= image_size/2, got {getattr(self, n)}")
+              for n in ("small_px", "large_px")),
+            (self.hue_jitter >= 0, f"WorldConfig: hue_jitter must be >= 0, got {self.hue_jitter}"),
+            (0.0 <= self.theme_prob <= 1.0, f"WorldConfig: theme_prob must be in [0, 1], got {self.theme_prob}"),
+            (1 <= self.n_groups <= n_cat, f"WorldConfig: n_groups must be in [1, {n_cat}], got {self.n_groups}"),
+            (all(0 <= c <= 255 for c in self.background), "WorldConfig: background must be an RGB triple"),
+        )  # fmt: skip
 
 
 def categories() -> list[tuple[str, str]]:
