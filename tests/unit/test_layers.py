@@ -86,6 +86,8 @@ def test_the_checker_sees_deferred_and_relative_imports(tmp_path, monkeypatch):
     pkg = tmp_path / "vrp" / "signals"
     pkg.mkdir(parents=True)
     f = pkg / "x.py"
-    f.write_text("def f():\n    from vrp.runs import pipeline\n\nfrom ..capture import engine\nimport vrp.models.base\n")
+    f.write_text(
+        "def f():\n    from vrp.runs import pipeline\n\nfrom ..capture import engine\nimport vrp.models.base\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path / "vrp")
     assert sorted(m for _, m in _imports(f)) == ["vrp.capture", "vrp.models.base", "vrp.runs"]
