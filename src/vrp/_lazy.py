@@ -27,3 +27,12 @@ def lazy_getattr(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
         return value
 
     return __getattr__
+
+
+def lazy_dir(package: str, exports: dict[str, str]) -> Callable[[], list[str]]:
+    """A module-level ``__dir__`` listing ``package``'s own names and its lazy ``exports``."""
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __dir__

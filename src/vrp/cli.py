@@ -46,6 +46,16 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _config(cls: type, **values: Any) -> Any:
+    """Build the config dataclass ``cls``; an invalid value is an error line, not a traceback."""
+    from vrp.config import ConfigError
+
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        _fail(str(e))
+
+
 def _stdout() -> Console:
     """Tables go to stdout; redirected to a file or a pipe they keep their full width."""
     out = Console()
@@ -180,13 +190,22 @@ def _report(run: Path, cfg: ReportConfig) -> Path:
     return path
 
 
-def _ints(spec: str | None, what: str) -> tuple[int, ...] | None:
+def _numbers(spec: str | None, what: str, kind: type) -> tuple | None:
+    """A comma list of numbers of ``kind`` (None stays None: the config's default)."""
     if spec is None:
         return None
     try:
-        return tuple(int(x) for x in spec.split(",") if x.strip())
+        return tuple(kind(x) for x in spec.split(",") if x.strip())
     except ValueError:
-        _fail(f"{what} must be comma-separated integers, got {spec!r}")
+        _fail(f"{what} must be comma-separated {kind.__name__}s, got {spec!r}")
+
+
+def _ints(spec: str | None, what: str) -> tuple[int, ...] | None:
+    return _numbers(spec, what, int)
+
+
+def _floats(spec: str | None, what: str) -> tuple[float, ...] | None:
+    return _numbers(spec, what, float)
 
 
 @app.command()
@@ -220,20 +239,17 @@ def intervene(
 ) -> None:
     """Re-answer a run's items under an intervention: paired accuracy and margin deltas with CIs."""
     from vrp.interventions import intervene as run_intervention
-    from vrp.interventions.config import InterveneConfigError
 
     _check_run_dir(run)
-    try:
-        cfg = InterveneConfig(
-            kind=kind, name=name, layers=_ints(layers, "--layers"), k=k, site=site, mode=mode,
-            clamp_scale=clamp_scale, sizes=tuple(float(x) for x in sizes.split(",")) if sizes else None,
-            heads=_ints(heads, "--heads"), frac=frac, map_layer=map_layer, aggregation=aggregation, space=space,
-            fill=fill, corruption=corruption, patch_sites=tuple(s.strip() for s in sites.split(",") if s.strip()),
-            patch_positions=positions,
-            seed=seed, n_boot=n_boot, batch_size=batch_size, limit=limit,
-        )  # fmt: skip
-    except (InterveneConfigError, ValueError) as e:
-        _fail(str(e))
+    cfg = _config(
+        InterveneConfig,
+        kind=kind, name=name, layers=_ints(layers, "--layers"), k=k, site=site, mode=mode,
+        clamp_scale=clamp_scale, sizes=_floats(sizes, "--sizes"),
+        heads=_ints(heads, "--heads"), frac=frac, map_layer=map_layer, aggregation=aggregation, space=space,
+        fill=fill, corruption=corruption, patch_sites=tuple(s.strip() for s in sites.split(",") if s.strip()),
+        patch_positions=positions,
+        seed=seed, n_boot=n_boot, batch_size=batch_size, limit=limit,
+    )  # fmt: skip
     with _progress() as prog:
         task = prog.add_task(f"{kind}", total=None, rate="", failures=0)
 
@@ -290,8 +306,9 @@ def probe(
 ) -> None:
     """Train the reliability probes (dense, sparse, stacked, MLP, attention ensembles) on a run."""
     _check_run_dir(run)
+    cfg = _config(ProbeConfig, seed=seed, stacked_k=stacked_k)
     try:
-        _train_probes(run, ProbeConfig(seed=seed, stacked_k=stacked_k))
+        _train_probes(run, cfg)
     except (ValueError, KeyError) as e:
         _fail(str(e))
 
@@ -321,7 +338,7 @@ def analyze(
 ) -> None:
     """Which signals predict correctness: AUROC with 95% CIs, p-values (Bonferroni, BH), AURC, ECE."""
     _check_run_dir(run)
-    _analyze(run, AnalyzeConfig(n_boot=n_boot, n_perm=n_perm, seed=seed))
+    _analyze(run, _config(AnalyzeConfig, n_boot=n_boot, n_perm=n_perm, seed=seed))
 
 
 def _analyze(run: Path, cfg: AnalyzeConfig) -> None:
@@ -361,7 +378,7 @@ def report(
 ) -> None:
     """Build the offline HTML report (RUN_DIR/report/index.html) and RUN_DIR/summary.json; no model is loaded."""
     _check_run_dir(run)
-    path = _report(run, ReportConfig(layer=layer, n_cases=cases))
+    path = _report(run, _config(ReportConfig, layer=layer, n_cases=cases))
     typer.echo(str(path))
 
 
@@ -378,10 +395,9 @@ def world_generate(
     """Generate a ShapesWorld dataset in the generic JSONL format."""
     from vrp.world.dataset import write_dataset
 
-    if n < 1:
-        _fail("--n must be >= 1")
+    wcfg = _config(WorldConfig, image_size=image_size)
     try:
-        path = write_dataset(out, n, seed, WorldConfig(image_size=image_size), strategy)
+        path = write_dataset(out, n, seed, wcfg, strategy)
     except ValueError as e:
         _fail(str(e))
     n_items = sum(1 for _ in path.open())
@@ -455,8 +471,6 @@ def monitor_export(
     """Package a run's probe, threshold and model identity as a monitor (safetensors + JSON)."""
     from vrp.monitor import MonitorError, export_monitor
 
-    if target_risk is not None and target_coverage is not None:
-        _fail("give --target-risk or --target-coverage, not both")
     try:
         doc = export_monitor(run, out, probe=probe, target_risk=target_risk, target_coverage=target_coverage)
     except (MonitorError, ValueError) as e:

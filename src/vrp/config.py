@@ -169,7 +169,7 @@ class Config:
 
 RHO_RULES = ("mass", "patches")
 DEVICE = "cpu"  # the default torch device of every command
-_CAPTURE_DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16")  # model dtypes and storage dtypes of recorded arrays
 
 
 @dataclass(frozen=True)
@@ -188,8 +188,8 @@ class TraceConfig(Config):
             rho fraction of patches, the reference code's rule).
         layers: decoder blocks recorded (0-based; None = all). The signals need all of them.
         batch_size: items per generate call.
-        dtype: storage dtype of the recorded residuals and sub-block writes (float32, float16,
-            bfloat16); attention and log-probabilities are always float32.
+        record_dtype: storage dtype of the recorded residuals and sub-block writes (float32,
+            float16, bfloat16); attention and log-probabilities are always float32.
     """
 
     max_new_tokens: int = 10
@@ -201,7 +201,7 @@ class TraceConfig(Config):
     rho_rule: str = "mass"
     layers: tuple[int, ...] | None = None
     batch_size: int = 16
-    dtype: str = "float32"
+    record_dtype: str = "float32"
 
     def check(self) -> None:
         self.require(
@@ -213,13 +213,14 @@ class TraceConfig(Config):
             (0 < self.rho <= 1, f"rho must be in (0, 1], got {self.rho}"),
             (self.rho_rule in RHO_RULES, f"rho_rule must be 'mass' or 'patches', got {self.rho_rule!r}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.dtype in _CAPTURE_DTYPES, f"dtype must be one of {', '.join(_CAPTURE_DTYPES)}, got {self.dtype!r}"),
+            (
+                self.record_dtype in DTYPES,
+                f"record_dtype must be one of {', '.join(DTYPES)}, got {self.record_dtype!r}",
+            ),
         )
 
 
 # ---- what a run computes -----------------------------------------------------------------
-
-_TRACE = TraceConfig()
 
 
 @dataclass(frozen=True)
@@ -258,17 +259,17 @@ class RunConfig(Config):
     data: str = "shapesworld"
     out: str = "runs/default"
     limit: int | None = None
-    seed: int = _TRACE.seed
-    batch_size: int = _TRACE.batch_size
-    max_new_tokens: int = _TRACE.max_new_tokens
+    seed: int = TraceConfig.seed
+    batch_size: int = TraceConfig.batch_size
+    max_new_tokens: int = TraceConfig.max_new_tokens
     device: str = DEVICE
     dtype: str = "float32"
     world_images: int = 300
-    samples: int = _TRACE.samples
-    temperature: float = _TRACE.temperature
-    top_p: float = _TRACE.top_p
-    rho: float = _TRACE.rho
-    rho_rule: str = _TRACE.rho_rule
+    samples: int = TraceConfig.samples
+    temperature: float = TraceConfig.temperature
+    top_p: float = TraceConfig.top_p
+    rho: float = TraceConfig.rho
+    rho_rule: str = TraceConfig.rho_rule
     store_layers: str = "all"
     store_attention: str = "mean"
     store_residuals: bool = True
@@ -279,8 +280,7 @@ class RunConfig(Config):
         self.trace_config()  # validates the fields it shares with TraceConfig
         self.require(
             (self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}"),
-            (self.dtype in ("float32", "float16", "bfloat16"),
-             f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (self.world_images >= 1, f"world_images must be >= 1, got {self.world_images}"),
             (self.store_attention in ("mean", "heads", "none"),
              f"store_attention must be 'mean', 'heads' or 'none', got {self.store_attention!r}"),
@@ -289,11 +289,13 @@ class RunConfig(Config):
         )  # fmt: skip
         _parse_layers(self.store_layers)
 
+    # The per-item options a run hands to vrp.trace; the others keep TraceConfig's defaults
+    # (every block recorded, in float32, as the signals need).
+    TRACE_FIELDS = ("max_new_tokens", "samples", "temperature", "top_p", "seed", "rho", "rho_rule", "batch_size")
+
     def trace_config(self) -> TraceConfig:
-        """The per-item options of this run, as :func:`vrp.trace` takes them (every layer
-        recorded in float32, as the signals need)."""
-        shared = {f.name for f in fields(TraceConfig)} & {f.name for f in fields(RunConfig)}
-        return TraceConfig(**{name: getattr(self, name) for name in sorted(shared)})
+        """The per-item options of this run, as :func:`vrp.trace` takes them."""
+        return TraceConfig(**{name: getattr(self, name) for name in self.TRACE_FIELDS})
 
     def stored_layers(self, n_layers: int) -> list[int]:
         """The decoder block indices ``store_layers`` names for a model with ``n_layers`` blocks."""
@@ -327,6 +329,7 @@ def _parse_layers(spec: str) -> list[int] | None:
 
 
 __all__ = [
+    "DTYPES",
     "Config",
     "ConfigError",
     "RunConfig",

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tests.helpers import cli_run
 from vrp.cli import app
-from vrp.interventions import hooks, masking
+from vrp.interventions import edits, masking
 from vrp.interventions.schema import EFFECTS, PATCHING
 from vrp.models import load_adapter
 from vrp.world.scene import WorldConfig, WorldStats, render, sample_scene
@@ -44,9 +44,9 @@ def test_zeroing_every_mlp_unit_equals_mlp_bypass(adapter):
     _, _, enc = _inputs(adapter)
     d = int(adapter.text_config.hidden_size)
     clean = _logits(adapter, enc)
-    with hooks.ablate_units(adapter, "blocks.1.mlp_out", range(d)):
+    with edits.ablate_units(adapter, "blocks.1.mlp_out", range(d)):
         zeroed = _logits(adapter, enc)
-    with hooks.bypass(adapter, "blocks.1.mlp_out"):
+    with edits.bypass(adapter, "blocks.1.mlp_out"):
         bypassed = _logits(adapter, enc)
     assert torch.equal(zeroed, bypassed)
     assert not torch.allclose(zeroed, clean, atol=1e-4)
@@ -56,12 +56,12 @@ def test_zeroing_every_mlp_unit_equals_mlp_bypass(adapter):
 def test_ablating_every_head_equals_attention_bypass(adapter):
     _, _, enc = _inputs(adapter)
     n_heads = int(adapter.text_config.num_attention_heads)
-    with hooks.ablate_heads(adapter, 2, range(n_heads)):
+    with edits.ablate_heads(adapter, 2, range(n_heads)):
         heads = _logits(adapter, enc)
-    with hooks.bypass(adapter, "blocks.2.attn_out"):
+    with edits.bypass(adapter, "blocks.2.attn_out"):
         bypassed = _logits(adapter, enc)
     assert torch.equal(heads, bypassed)
-    with hooks.ablate_heads(adapter, 2, [0]):
+    with edits.ablate_heads(adapter, 2, [0]):
         one = _logits(adapter, enc)
     assert not torch.equal(one, heads) and not torch.equal(one, _logits(adapter, enc))
 
@@ -71,8 +71,8 @@ def test_unit_ablation_and_clamp_set_the_units(adapter):
     units = [3, 17, 40]
     for values in (0.0, [1.5, -2.0, 7.0]):
         with (
-            hooks.ablate_units(adapter, "blocks.1.resid_post", units, values=values),
-            hooks.record(adapter, ["blocks.1.resid_post"]) as rec,
+            edits.ablate_units(adapter, "blocks.1.resid_post", units, values=values),
+            edits.record(adapter, ["blocks.1.resid_post"]) as rec,
         ):
             _logits(adapter, enc)
         got = rec.acts["blocks.1.resid_post"][..., units]
@@ -89,17 +89,17 @@ def test_patching_every_layer_from_clean_reproduces_clean_logits(adapter):
     assert torch.equal(enc["input_ids"], enc_x["input_ids"])
     n = len(adapter.decoder_layers())
     sites = [f"blocks.{i}.{s}" for s in ("resid_post", "attn_out", "mlp_out") for i in range(n)]
-    with hooks.record(adapter, sites) as rec:
+    with edits.record(adapter, sites) as rec:
         clean = _logits(adapter, enc)
     corrupted = _logits(adapter, enc_x)
     assert not torch.allclose(clean, corrupted, atol=1e-3)
-    with hooks.patch(adapter, {f"blocks.{i}.resid_post": rec.acts[f"blocks.{i}.resid_post"] for i in range(n)}):
+    with edits.patch(adapter, {f"blocks.{i}.resid_post": rec.acts[f"blocks.{i}.resid_post"] for i in range(n)}):
         assert torch.equal(_logits(adapter, enc_x), clean)
     # restoring block 0's output at every position makes everything after it clean, exactly
-    with hooks.patch(adapter, {"blocks.0.resid_post": rec.acts["blocks.0.resid_post"]}):
+    with edits.patch(adapter, {"blocks.0.resid_post": rec.acts["blocks.0.resid_post"]}):
         assert torch.equal(_logits(adapter, enc_x), clean)
     # restoring only the image-independent writes of the last block does not
-    with hooks.patch(adapter, {"blocks.-1.mlp_out": rec.acts[f"blocks.{n - 1}.mlp_out"]}, last_only=True):
+    with edits.patch(adapter, {"blocks.-1.mlp_out": rec.acts[f"blocks.{n - 1}.mlp_out"]}, last_only=True):
         assert not torch.equal(_logits(adapter, enc_x)[:, -1], clean[:, -1])
 
 
@@ -107,9 +107,9 @@ def test_embedding_masking_of_zero_patches_changes_nothing(adapter):
     _, _, enc = _inputs(adapter)
     grids = adapter.image_grids(enc)
     clean = _logits(adapter, enc)
-    with hooks.mask_image_tokens(adapter, [[] for _ in grids], [g[0].token_index for g in grids]):
+    with edits.mask_image_tokens(adapter, [[] for _ in grids], [g[0].token_index for g in grids]):
         assert torch.equal(_logits(adapter, enc), clean)
-    with hooks.mask_image_tokens(adapter, [g[0].token_index[:3] for g in grids], [g[0].token_index for g in grids]):
+    with edits.mask_image_tokens(adapter, [g[0].token_index[:3] for g in grids], [g[0].token_index for g in grids]):
         assert not torch.equal(_logits(adapter, enc), clean)
 
 

@@ -200,7 +200,7 @@ def test_every_family_reads_the_capture_residual(random_toy_dirs, tmp_path, arch
         }  # fmt: skip
         m = Monitor.load(write_monitor(tmp_path / f"m{layer}", arrays, doc)).attach(ad)
         answers = m.ask_many(images, questions)
-        want = m.predict_proba(np.stack([c.residual[0, layer] for c in caps]))
+        want = m.p_correct(np.stack([c.residual[0, layer] for c in caps]))
         np.testing.assert_allclose([a.p_correct for a in answers], want, rtol=1e-6)
         texts = [tok.decode([i for i in c.answer_ids if i != tok.eos_token_id], skip_special_tokens=True).strip()
                  for c in caps]  # fmt: skip

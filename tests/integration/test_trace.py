@@ -142,7 +142,7 @@ def test_hooks_read_and_replace_named_sites(model, items):
 def test_trace_reports_bad_input_clearly(model, items, tmp_path):
     with pytest.raises(ValueError, match="image file not found"):
         vrp.trace(model, str(tmp_path / "missing.png"), "Is there a cat?")
-    with pytest.raises(ValueError, match="one question"):
+    with pytest.raises(ValueError, match="one entry per image"):
         vrp.trace(model, [items[0].image, items[1].image], ["only one"])
     with pytest.raises(vrp.ConfigError, match="unknown TraceConfig keys"):
         vrp.trace(model, items[0], sample=3)
@@ -167,3 +167,18 @@ def test_site_names_and_the_residual_index():
             parse(bad, 4)
     with pytest.raises(SiteError, match="not on the residual stream"):
         residual_index("blocks.0.mlp_out", 4)
+
+
+def test_one_question_for_many_images_and_ids_from_content(items):
+    model = vrp.load("toy-llava")
+    images = sorted({it.image for it in items})[:2]  # two different images
+    both = vrp.trace(model, images, "How many objects are in the image?", answers="2", task="counting", samples=3)
+    assert [t.question for t in both] == ["How many objects are in the image?"] * 2
+    assert [t.item.answers for t in both] == [("2",), ("2",)]
+    # an image's id (its samples' seed) depends on its pixels and question, not on its place in the list
+    swapped = vrp.trace(model, images[::-1], "How many objects are in the image?", samples=3)
+    assert [t.item.id for t in swapped] == [t.item.id for t in both][::-1]
+    assert [t.samples for t in swapped] == [t.samples for t in both][::-1]
+    assert both[0].item.id != both[1].item.id
+    with pytest.raises(ValueError, match="one entry per image"):
+        vrp.trace(model, images, ["one question"])

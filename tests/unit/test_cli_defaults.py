@@ -70,6 +70,7 @@ def test_run_exposes_every_run_option_with_its_documented_help():
 def test_run_and_trace_share_their_defaults():
     shared = set(TraceConfig.__dataclass_fields__) & set(RunConfig.__dataclass_fields__)
     assert shared >= {"seed", "samples", "temperature", "top_p", "rho", "rho_rule", "max_new_tokens", "batch_size"}
+    assert set(RunConfig.TRACE_FIELDS) == shared  # every shared option is handed to the tracer
     for name in shared:
         assert field_default(RunConfig, name) == field_default(TraceConfig, name)
     assert RunConfig().trace_config() == TraceConfig()
@@ -77,5 +78,5 @@ def test_run_and_trace_share_their_defaults():
 
 def test_every_documented_field_has_help_and_every_field_is_documented():
     for cls in (RunConfig, TraceConfig, ProbeConfig, AnalyzeConfig, InterveneConfig, ReportConfig, ExportConfig,
-                TrainConfig):  # fmt: skip
+                TrainConfig, WorldConfig):  # fmt: skip
         assert set(field_help(cls)) == set(cls.__dataclass_fields__), cls.__name__

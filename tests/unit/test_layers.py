@@ -36,11 +36,14 @@ def _unit(module: str) -> str:
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """Every vrp module a file imports (module level and inside functions), with its line."""
+    """Every vrp module a file imports (module level and inside functions, and the modules a
+    package names in its lazy ``_EXPORTS``), with its line."""
     tree = ast.parse(path.read_text(), filename=str(path))
     here = "vrp." + ".".join(path.relative_to(SRC).with_suffix("").parts)
     out = []
     for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets):
+            out += [(node.lineno, v.partition(":")[0]) for v in ast.literal_eval(node.value).values()]
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "vrp"]
         elif isinstance(node, ast.ImportFrom):
@@ -88,6 +91,13 @@ def test_the_checker_sees_deferred_and_relative_imports(tmp_path, monkeypatch):
     f = pkg / "x.py"
     f.write_text(
         "def f():\n    from vrp.runs import pipeline\n\nfrom ..capture import engine\nimport vrp.models.base\n"
+        "_EXPORTS = {'x': 'vrp.report.build', 'y': 'vrp.tracing.tracer:trace'}\n"
     )
     monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path / "vrp")
-    assert sorted(m for _, m in _imports(f)) == ["vrp.capture", "vrp.models.base", "vrp.runs"]
+    assert sorted(m for _, m in _imports(f)) == [
+        "vrp.capture",
+        "vrp.models.base",
+        "vrp.report.build",
+        "vrp.runs",
+        "vrp.tracing.tracer",
+    ]

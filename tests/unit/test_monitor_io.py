@@ -54,14 +54,14 @@ def test_predict_proba_is_the_layerwise_probe_on_float16_rounded_residuals(mdir)
     h = np.random.default_rng(1).normal(size=(5, D)) * 40  # float16 rounding matters at this scale
     x = h.astype(np.float16).astype(np.float32)
     want = 1 / (1 + np.exp(-(((x - a["mean"]) / a["scale"]) @ a["coef"] + 0.3)))
-    np.testing.assert_allclose(m.predict_proba(h), want, rtol=1e-5)
+    np.testing.assert_allclose(m.p_correct(h), want, rtol=1e-5)
     ref = LayerwiseLogistic()
     ref.coef_, ref.intercept_ = a["coef"][None].astype(np.float32), np.float32([0.3])
     ref.mean_, ref.scale_ = a["mean"][None].astype(np.float32), a["scale"][None].astype(np.float32)
-    p = m.predict_proba(h)
+    p = m.p_correct(h)
     assert p.min() > 0.05 and p.max() < 0.95  # not saturated: the comparison means something
     np.testing.assert_allclose(p, ref.predict_proba(x)[:, 1], rtol=1e-6)  # float32 summation order
-    np.testing.assert_array_equal(p, m.predict_proba(x))  # already-rounded input: unchanged
+    np.testing.assert_array_equal(p, m.p_correct(x))  # already-rounded input: unchanged
     raw = 1 / (1 + np.exp(-(((h - a["mean"]) / a["scale"]) @ a["coef"] + 0.3)))
     assert np.abs(p - raw).max() > 1e-5  # the rounding is applied (and matters at this scale)
 
@@ -69,7 +69,7 @@ def test_predict_proba_is_the_layerwise_probe_on_float16_rounded_residuals(mdir)
 def test_a_rows_p_correct_does_not_depend_on_its_batch(mdir):
     m = Monitor.load(mdir)
     h = np.random.default_rng(2).normal(size=(37, D)) * 40
-    np.testing.assert_array_equal(m.predict_proba(h), np.concatenate([m.predict_proba(r[None]) for r in h]))
+    np.testing.assert_array_equal(m.p_correct(h), np.concatenate([m.p_correct(r[None]) for r in h]))
 
 
 def test_missing_directory_and_files(tmp_path, mdir):

@@ -20,7 +20,7 @@ import torch
 
 from vrp.capture.attention import IMPL_NAME, AttentionRecorder, recording, register
 from vrp.capture.records import ItemCapture
-from vrp.config import Config
+from vrp.config import DTYPES, Config, TraceConfig
 from vrp.models.grids import ImageGrid
 from vrp.models.sites import block_site, hooks
 
@@ -50,13 +50,13 @@ class CaptureConfig(Config):
     residuals: bool = True
     writes: bool = True
     dtype: str = "float16"
-    max_new_tokens: int = 10
+    max_new_tokens: int = TraceConfig.max_new_tokens
 
     error = ValueError
 
     def check(self) -> None:
         self.require(
-            (self.dtype in _DTYPES, f"capture dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}"),
+            (self.dtype in DTYPES, f"capture dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
         )
 
@@ -137,8 +137,7 @@ def capture_with_prefix(
 ) -> tuple[list[ItemCapture], PromptPrefix]:
     """:func:`capture_generate`, and the processed prompt (:class:`PromptPrefix`) so that
     sampling can continue from it without a second prefill."""
-    records, prefix = _capture(adapter, images, prompts, cfg or CaptureConfig(), keep_prefix=True)
-    return records, prefix
+    return _capture(adapter, images, prompts, cfg or CaptureConfig(), keep_prefix=True)
 
 
 def _capture(adapter, images: list, prompts: list[str], cfg: CaptureConfig, keep_prefix: bool):

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from vrp.config import TraceConfig
+
 
 @dataclass(frozen=True)
 class SampledAnswers:
@@ -137,10 +139,10 @@ def sample_answers(
     images: list,
     prompts: list[str],
     seeds: Sequence[int],
-    k: int = 10,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
-    max_new_tokens: int = 10,
+    k: int = TraceConfig.samples,
+    temperature: float = TraceConfig.temperature,
+    top_p: float = TraceConfig.top_p,
+    max_new_tokens: int = TraceConfig.max_new_tokens,
     prefix=None,
 ) -> list[SampledAnswers]:
     """Draw ``k`` nucleus-sampled answers for each item in one batched ``generate`` call.

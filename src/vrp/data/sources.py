@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from vrp.config import RunConfig
 from vrp.data.benchmarks import BENCHMARK_FORMATS, REGISTRY, load_benchmark, sniff
 from vrp.data.errors import DataSpecError
 from vrp.data.items import Item, LoadResult, load_generic_jsonl
@@ -74,7 +75,9 @@ def load_data(spec: str, run_dir: Path, seed: int, world_images: int) -> tuple[L
     return result, {"format": fmt, "path": str(path.resolve())}
 
 
-def load_items(spec: str, root: str | Path = ".", seed: int = 0, world_images: int = 300) -> list[Item]:
+def load_items(
+    spec: str, root: str | Path = ".", seed: int = RunConfig.seed, world_images: int = RunConfig.world_images
+) -> list[Item]:
     """The items of a data spec, as ``vrp run --data SPEC`` reads them.
 
     Args:

@@ -93,7 +93,7 @@ def clean_pass(
                 n_content = sum(1 for i in cap.answer_ids.tolist() if i != tok.eos_token_id)
                 pos = cap.layers.index(layer)
                 att = cap.image_attention[0][pos]  # [H, T, rows, cols]
-                maps.append(aggregate_map(att, max(1, min(n_content, att.shape[1])), aggregation))
+                maps.append(aggregate_map(att, structural.answer_steps(n_content, att.shape[1]), aggregation))
             if unit_stats:
                 vecs = [cap.residual[0].astype(np.float64), cap.mlp_write[0].astype(np.float64)]
                 if sums is None:

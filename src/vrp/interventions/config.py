@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vrp.config import Config
+from vrp.config import Config, ConfigError
 from vrp.interventions.masking import FILLS
 
 KINDS = ("neurons", "mass", "mlp", "heads", "patches", "patching")
@@ -13,7 +13,7 @@ SITE_KINDS = {"residual": "resid_post", "attn": "attn_out", "mlp": "mlp_out"}
 AGGREGATIONS = ("mean", "max", "first")
 
 
-class InterveneConfigError(ValueError):
+class InterveneConfigError(ConfigError):
     """An invalid intervention option."""
 
 

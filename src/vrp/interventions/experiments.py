@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vrp.interventions import hooks, masking
+from vrp.interventions import edits, masking
 from vrp.interventions.clean import CleanPass
 from vrp.interventions.config import InterveneConfig
 from vrp.interventions.runner import Batch, Condition
@@ -62,23 +62,19 @@ def peak_layer(run_dir: Path, n_layers: int) -> int:
     return min(0 if block is None else block, n_layers - 1)
 
 
-def _values(cfg: InterveneConfig, clean: CleanPass, layer: int, units: np.ndarray) -> np.ndarray | float:
+def _values(cfg: InterveneConfig, clean: CleanPass, n_blocks: int, layer: int, units: np.ndarray) -> np.ndarray | float:
     if cfg.mode == "zero":
         return 0.0
-    std = (
-        clean.std_residual[residual_index(layer, len(clean.std_mlp))]
-        if cfg.site == "residual"
-        else clean.std_mlp[layer]
-    )
+    std = clean.std_residual[residual_index(layer, n_blocks)] if cfg.site == "residual" else clean.std_mlp[layer]
     return cfg.clamp_scale * std[units]
 
 
 def _ablation(cfg, clean, adapter, label, layer, units, control, kind) -> Condition:
-    vals = _values(cfg, clean, layer, units)
+    vals = _values(cfg, clean, adapter.n_blocks, layer, units)
     units_list = [int(u) for u in units]
     return Condition(
         label=label, kind=kind, layer=layer, control=control,
-        context=lambda b: hooks.ablate_units(adapter, cfg.site_name(cfg.site, layer), units_list, vals),
+        context=lambda b: edits.ablate_units(adapter, cfg.site_name(cfg.site, layer), units_list, vals),
         spec={"units": units_list, "site": cfg.site, "mode": cfg.mode, "scale": cfg.clamp_scale},
     )  # fmt: skip
 
@@ -133,7 +129,7 @@ def mlp_conditions(cfg: InterveneConfig, adapter) -> list[Condition]:
             f"MLP bypass L{i}",
             "mlp",
             i,
-            context=lambda b, i=i: hooks.bypass(adapter, block_site(i, "mlp_out")),
+            context=lambda b, i=i: edits.bypass(adapter, block_site(i, "mlp_out")),
             spec={"i": i},
         )
         for i in resolve_layers(cfg.layers, n_layers, list(range(n_layers)))
@@ -148,7 +144,7 @@ def head_conditions(cfg: InterveneConfig, adapter) -> list[Condition]:
             f"head {h} L{i}",
             "heads",
             i,
-            context=lambda b, i=i, h=h: hooks.ablate_heads(adapter, i, [h]),
+            context=lambda b, i=i, h=h: edits.ablate_heads(adapter, i, [h]),
             spec={"head": h},
         )
         for i in resolve_layers(cfg.layers, n_layers, list(range(n_layers)))
@@ -181,7 +177,7 @@ def _embedding_mask(adapter, cells: list[np.ndarray], batch: Batch):
     grids = batch.padded_grids()
     pos = [g[0].token_index[cells[j]] for g, j in zip(grids, batch.index, strict=True)]
     pools = [g[0].token_index for g in grids]
-    return hooks.mask_image_tokens(adapter, pos, pools)
+    return edits.mask_image_tokens(adapter, pos, pools)
 
 
 def patch_conditions(cfg: InterveneConfig, clean: CleanPass, adapter, ids: list[str]) -> list[Condition]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from vrp.interventions import hooks
+from vrp.interventions import edits
 from vrp.interventions.runner import Batch, iter_batches, margin_of
 
 
@@ -52,12 +52,12 @@ def patch_margins(
             raise ValueError(
                 "the corrupted images change the prompt's tokens; activation patching needs the same layout"
             )
-        with hooks.record(adapter, sites) as rec:
+        with edits.record(adapter, sites) as rec:
             m, _ = _margins(adapter, enc_c, refs)
         clean_m.append(m)
         corrupt_m.append(_margins(adapter, enc_x, refs)[0])
         for key in sites:
-            with hooks.patch(adapter, {key: rec.acts[key]}, last_only=last_only):
+            with edits.patch(adapter, {key: rec.acts[key]}, last_only=last_only):
                 patched[key].append(_margins(adapter, enc_x, refs)[0])
         if tick:
             tick(len(batch.items))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vrp.config import DEVICE
+from vrp.config import DEVICE, DTYPES
 from vrp.models.base import ModelAdapter, adapter_for, read_model_type
 
 TOY_MODELS = ("toy-llava", "toy-paligemma", "toy-qwen2vl")
@@ -33,10 +33,7 @@ def resolve_model_path(name_or_path: str) -> Path:
     return Path(name_or_path)
 
 
-_DTYPES = ("float32", "float16", "bfloat16")
-
-
-def load_adapter(name_or_path: str | Path, dtype: Any = None, device: str = DEVICE) -> ModelAdapter:
+def load_adapter(name_or_path: str | Path, *, dtype: Any = None, device: str = DEVICE) -> ModelAdapter:
     """Load a model through its family's adapter (what :func:`vrp.load` is).
 
     Args:
@@ -53,8 +50,8 @@ def load_adapter(name_or_path: str | Path, dtype: Any = None, device: str = DEVI
     import torch
 
     if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} (or a torch dtype), got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or a torch dtype), got {dtype!r}")
         dtype = getattr(torch, dtype)
     path = resolve_model_path(str(name_or_path))
     cls = adapter_for(read_model_type(path))

@@ -26,6 +26,7 @@ by keyword, as a tensor or the first element of a tuple, is resolved here once.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -54,6 +55,16 @@ class Site:
     @property
     def name(self) -> str:
         return "embed" if self.kind == "embed" else f"blocks.{self.layer}.{self.kind}"
+
+
+def as_index(value: object, what: str) -> int:
+    """``value`` as a Python int (numpy integers accepted, bools refused); ValueError naming ``what``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
 
 
 def block_site(layer: int, kind: str) -> str:
@@ -93,21 +104,20 @@ def residual_block(index: int) -> int | None:
 def residual_index(layer: int | str, n_blocks: int) -> int:
     """The residual index of ``layer``: ``"embed"`` -> 0; a block index ``l`` (negative from
     the end) or ``"blocks.{l}.resid_post"`` -> ``l + 1`` (the block's output)."""
-    if isinstance(layer, bool):
-        raise SiteError(f"a layer is 'embed', a block index or a resid_post site name, got {layer!r}")
-    if isinstance(layer, int):
-        layer = f"blocks.{layer}.resid_post"
+    if not isinstance(layer, str):
+        try:
+            layer = f"blocks.{as_index(layer, 'layer')}.resid_post"
+        except ValueError:
+            raise SiteError(f"a layer is 'embed', a block index or a resid_post site name, got {layer!r}") from None
     site = parse(layer, n_blocks)
     if site.kind not in ("embed", "resid_post"):
         raise SiteError(f"{layer!r} is not on the residual stream (use 'embed' or 'blocks.{{l}}.resid_post')")
     return 0 if site.layer is None else site.layer + 1
 
 
-def module_of(adapter: Any, name: str) -> tuple[torch.nn.Module, str | None]:
-    """The HF module of site ``name`` and, for sites that are a module's *input*, the keyword
-    HF uses for it (None for sites that are a module's output)."""
-    blocks = adapter.decoder_layers()
-    site = parse(name, len(blocks))
+def _module(adapter: Any, blocks: list, site: Site) -> tuple[torch.nn.Module, str | None]:
+    """The HF module of ``site`` and, for sites that are a module's *input*, the keyword HF
+    uses for it (None for sites that are a module's output)."""
     if site.kind == "embed":
         return blocks[0], "hidden_states"
     if site.kind == "resid_post":
@@ -119,8 +129,7 @@ def module_of(adapter: Any, name: str) -> tuple[torch.nn.Module, str | None]:
     return adapter.layer_module(site.layer, "o_proj"), "input"
 
 
-def _register(adapter: Any, name: str, fn: HookFn) -> torch.utils.hooks.RemovableHandle:
-    module, keyword = module_of(adapter, name)
+def _register(module: torch.nn.Module, keyword: str | None, fn: HookFn) -> torch.utils.hooks.RemovableHandle:
     if keyword is not None:
 
         def pre(mod, args, kwargs):
@@ -151,17 +160,16 @@ def hooks(adapter: Any, fns: Mapping[str, HookFn] | Iterable[tuple[str, HookFn]]
             than once; its functions run in the order given). A function gets the site's
             tensor and returns None (read only) or its replacement.
 
-    Every site is checked before any hook is registered, and the hooks are removed on exit,
-    also when the block raises.
+    Every site is checked and located before any hook is registered, and the hooks are
+    removed on exit, also when the block raises.
     """
     pairs = list(fns.items()) if isinstance(fns, Mapping) else list(fns)
-    n = len(adapter.decoder_layers())
-    for name, _ in pairs:
-        parse(name, n)
+    blocks = adapter.decoder_layers()
+    located = [(*_module(adapter, blocks, parse(name, len(blocks))), fn) for name, fn in pairs]
     handles = []
     try:
-        for name, fn in pairs:
-            handles.append(_register(adapter, name, fn))
+        for module, keyword, fn in located:
+            handles.append(_register(module, keyword, fn))
         yield
     finally:
         for h in handles:

@@ -10,7 +10,7 @@ Example::
 Names are imported on first use, so reading :mod:`vrp.monitor.config` does not load torch.
 """
 
-from vrp._lazy import lazy_getattr
+from vrp._lazy import lazy_dir, lazy_getattr
 
 _EXPORTS = {
     "Answer": "vrp.monitor.live",
@@ -24,3 +24,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
+__dir__ = lazy_dir(__name__, _EXPORTS)

@@ -178,7 +178,7 @@ class Monitor:
 
     # ---- asking -------------------------------------------------------------------------
 
-    def predict_proba(self, residuals) -> np.ndarray:
+    def p_correct(self, residuals) -> np.ndarray:
         """p_correct [n] from decision-position residuals [n, d] of the probe's layer.
 
         The residuals are rounded as the run stored them (``probe.input_dtype``), then the
@@ -243,7 +243,7 @@ class Monitor:
             )
         if not kept or kept[0].shape[0] != len(questions):
             raise RuntimeError(f"the probe's layer {self.residual_layer} was not reached during prefill")
-        p = self.predict_proba(kept[0])
+        p = self.p_correct(kept[0])
         gen = seq[:, enc["input_ids"].shape[1] :].tolist()
         answers = []
         for ids, pc in zip(gen, p.tolist(), strict=True):

@@ -37,6 +37,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from vrp.probes._common import proba_columns
 from vrp.probes._solver import solve, solve_l1
 
 _CHUNK = 1024  # items per block when predicting
@@ -136,11 +137,6 @@ def _solve(penalty: str, Xs, y: np.ndarray, C: np.ndarray, max_iter: int, tol: f
     if penalty == "l1":
         return solve_l1(Xs, yt, l1, max_iter, tol)
     return solve(Xs, yt, l2, max_iter, tol, seed=seed)
-
-
-def _proba_columns(p1: np.ndarray) -> np.ndarray:
-    """[n, 2] columns P(y=0), P(y=1) from P(y=1) [n] (as scikit-learn's binary LogisticRegression)."""
-    return np.stack([1.0 - p1, p1], axis=1)
 
 
 def _warn_unconverged(converged: torch.Tensor, max_iter: int) -> None:
@@ -268,7 +264,7 @@ class LayerwiseLogistic(ClassifierMixin, BaseEstimator):
 
         Column 1 equals ``predict_proba_layers(X)[:, layer]``; X is [n, L, d] (or [n, d], one layer).
         """
-        return _proba_columns(expit(self.decision_function(X)))
+        return proba_columns(expit(self.decision_function(X)))
 
     def predict(self, X) -> np.ndarray:
         """Labels of the ``layer`` probe: int64 [n] (1 where its logit is positive)."""
@@ -352,7 +348,7 @@ class StackedLogistic(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """Probabilities: float64 [n, 2], columns P(y = 0), P(y = 1) (``classes_``), for X [n, L, d]."""
-        return _proba_columns(expit(self.decision_function(X)))
+        return proba_columns(expit(self.decision_function(X)))
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels: int64 [n] (1 where the logit is positive)."""
@@ -417,7 +413,7 @@ class SweepResult:
         }
 
 
-def sweep(X_train, y_train, X_val, y_val, penalty="l2", Cs=(0.001, 0.01, 0.1, 1.0), **kw) -> SweepResult:
+def sweep(X_train, y_train, X_val, y_val, penalty="l2", *, Cs, **kw) -> SweepResult:
     """Fit every (layer, C) probe at once on train; choose C per layer on validation AUROC.
 
     Args:
@@ -454,11 +450,11 @@ def sweep(X_train, y_train, X_val, y_val, penalty="l2", Cs=(0.001, 0.01, 0.1, 1.
     return SweepResult(Cs, est.C, val, W.cpu().numpy(), b.cpu().numpy(), n_iter.cpu().numpy(), est)
 
 
-def sweep_stacked(X_train, y_train, X_val, y_val, k=5, penalty="l2", Cs=(0.001, 0.01, 0.1, 1.0), **kw) -> SweepResult:
+def sweep_stacked(X_train, y_train, X_val, y_val, k=5, penalty="l2", *, Cs, **kw) -> SweepResult:
     """:func:`sweep` for the stacked probe on the last ``k`` layers; ``model`` is a :class:`StackedLogistic`."""
     stacked = StackedLogistic(k=k, penalty=penalty, **kw)
     L = _check_X(X_train).shape[1]
-    res = sweep(stacked.stack(X_train), y_train, stacked.stack(X_val), y_val, penalty, Cs, **kw)
+    res = sweep(stacked.stack(X_train), y_train, stacked.stack(X_val), y_val, penalty, Cs=Cs, **kw)
     stacked.set_params(C=float(res.best_C[0]))
     stacked.probe_ = res.model
     stacked._adopt(L)

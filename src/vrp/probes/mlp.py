@@ -22,6 +22,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 
+from vrp.probes._common import proba_columns
+
 _PREDICT_BATCH = 8192
 _MIN_IMPROVEMENT = 1e-4  # relative drop in validation log-loss that counts as an improvement
 
@@ -237,7 +239,7 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
         Column 1 is ``expit(decision_function(X))``; column 0 is one minus it.
         """
         p1 = expit(self.decision_function(X))
-        return np.stack([1.0 - p1, p1], axis=1)
+        return proba_columns(p1)
 
     def predict(self, X: Any) -> np.ndarray:
         """Hard labels (int64 [n]): 1 where the logit is positive."""

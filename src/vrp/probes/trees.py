@@ -38,6 +38,8 @@ from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from vrp.probes._common import proba_columns
+
 _CHUNK_CELLS = 1 << 21  # trees x samples traversed at once
 
 
@@ -278,7 +280,7 @@ class TreeEnsembleProbe(ClassifierMixin, BaseEstimator):
         """
         s = self._scores(X)
         p1 = expit(s) if self.kind == "gbt" else s
-        return np.stack([1.0 - p1, p1], axis=1)
+        return proba_columns(p1)
 
     def predict(self, X: Any) -> np.ndarray:
         """Hard labels (int64 [n]): 1 where P(correct) > 0.5."""

@@ -57,7 +57,7 @@ class Context:
     @cached_property
     def steps(self) -> int:
         """Answer steps the maps average over: the answer's tokens before EOS (at least 1)."""
-        return max(1, min(self.x.n_content, np.asarray(self.x.image_attention).shape[2]))
+        return structural.answer_steps(self.x.n_content, np.asarray(self.x.image_attention).shape[2])
 
     @cached_property
     def maps(self) -> np.ndarray:
@@ -241,7 +241,8 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("attn_secondary", _S, "count", "lower", "C_k - 1: extra 4-connected blobs of the top-rho set",
            _last("attn_secondary")),
     Signal("attn_secondary_mean", _S, "count", "lower", "C_k - 1, mean over layers", _mean("attn_secondary")),
-    Signal("attn_dbscan_secondary", _S, "count", "lower", "DBSCAN clusters - 1 (eps 1.5, min 3)",
+    Signal("attn_dbscan_secondary", _S, "count", "lower",
+           f"DBSCAN clusters - 1 (eps {DBSCAN_EPS}, min {DBSCAN_MIN_SAMPLES})",
            _last("attn_dbscan_secondary")),
     Signal("attn_dbscan_secondary_mean", _S, "count", "lower", "DBSCAN variant, mean over layers",
            _mean("attn_dbscan_secondary")),
@@ -314,25 +315,30 @@ class SignalResult:
     curves: dict[str, np.ndarray]
 
 
-def compute(source: SignalInputs | object) -> SignalResult:
+def compute(source: SignalInputs | Context | object) -> SignalResult:
     """Every signal and curve of the catalog for one item.
 
     Args:
-        source: the item's :class:`SignalInputs`, or an object that makes them with a
-            ``signal_inputs()`` method (a :class:`vrp.Trace`).
+        source: the item's :class:`SignalInputs`, a :class:`Context` over them (its cached
+            intermediates are reused), or an object that makes them with a ``signal_inputs()``
+            method (a :class:`vrp.Trace`). The inputs are arrays, not a capture record: what
+            the signals read besides the record (the logit-lens readout, the gold regions on
+            the patch grid, the samples) needs the model, so the trace assembles them.
 
     Returns:
         The item's :class:`SignalResult`: the numbers ``vrp run`` stores.
     """
-    x = source if isinstance(source, SignalInputs) else source.signal_inputs()
-    ctx = Context(x)
+    if isinstance(source, Context):
+        ctx = source
+    else:
+        ctx = Context(source if isinstance(source, SignalInputs) else source.signal_inputs())
     values = {s.name: s.compute(ctx) for s in SIGNALS}
     curves = {c.name: np.asarray(v).astype(c.dtype) for c in CURVES if (v := ctx.curve(c.name)) is not None}
     return SignalResult(values=values, curves=curves)
 
 
 def _check_catalog() -> None:
-    for what, names in (("signal", NAMES), ("curve", tuple(CURVE_BY_NAME))):
+    for what, names in (("signal", NAMES), ("curve", tuple(c.name for c in CURVES))):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"duplicate {what} names in the catalog: {sorted(dup)}")

@@ -20,6 +20,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.cluster import DBSCAN
 
+from vrp.config import TraceConfig
+
 Rule = Literal["mass", "patches"]
 _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-neighbour adjacency
 
@@ -45,6 +47,12 @@ def _select_steps(image_attention: np.ndarray, steps: int | None) -> np.ndarray:
     if not 1 <= steps <= t:
         raise ValueError(f"steps must be in [1, {t}], got {steps}")
     return a[:, :, :steps]
+
+
+def answer_steps(n_content: int, n_steps: int) -> int:
+    """The answer steps an item's attention maps average over: its tokens before EOS, at least
+    1 (an empty answer still has its decision position), at most the ``n_steps`` recorded."""
+    return max(1, min(n_content, n_steps))
 
 
 def layer_maps(image_attention: np.ndarray, steps: int | None = None) -> np.ndarray:
@@ -94,7 +102,7 @@ def _check_2d(p2d: np.ndarray) -> np.ndarray:
     return p
 
 
-def top_mass_mask(p2d: np.ndarray, rho: float = 0.10, rule: Rule = "mass") -> np.ndarray:
+def top_mass_mask(p2d: np.ndarray, rho: float = TraceConfig.rho, rule: Rule = "mass") -> np.ndarray:
     """Boolean ``[rows, cols]`` mask of the top patches.
 
     Args:
@@ -131,7 +139,7 @@ def component_count(mask: np.ndarray) -> int:
     return int(n)
 
 
-def secondary_components(p2d: np.ndarray, rho: float = 0.10, rule: Rule = "mass") -> int:
+def secondary_components(p2d: np.ndarray, rho: float = TraceConfig.rho, rule: Rule = "mass") -> int:
     """Components of the top-rho set minus one: 0 means one contiguous focus."""
     return component_count(top_mass_mask(p2d, rho, rule)) - 1
 
@@ -153,7 +161,7 @@ def peakiness(p2d: np.ndarray) -> float:
     return float(_check_2d(p2d).max())
 
 
-def top_mass_area_fraction(p2d: np.ndarray, rho: float = 0.10) -> float:
+def top_mass_area_fraction(p2d: np.ndarray, rho: float = TraceConfig.rho) -> float:
     """Fraction of patches in the smallest set holding ``rho`` of the mass ("mass" rule)."""
     m = top_mass_mask(p2d, rho, "mass")
     return float(m.sum() / m.size)

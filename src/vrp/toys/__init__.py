@@ -4,7 +4,8 @@
 - :mod:`vrp.toys.tasks`: the training tasks (ShapesWorld's families plus auxiliary ones);
 - :mod:`vrp.toys.supervision`: training-only per-patch heads and attention supervision;
 - :mod:`vrp.toys.forcing`: teacher-forced batches, the per-example loss and the held-out evaluation;
-- :mod:`vrp.toys.train`: the training configuration and loop;
+- :mod:`vrp.toys.config`: the training configuration (``TrainConfig``);
+- :mod:`vrp.toys.train`: the training loop, in named parts;
 - :mod:`vrp.toys.recipes`: the recipe that produced the shipped checkpoints;
 - :mod:`vrp.toys.evaluate`: greedy accuracy of a checkpoint through ``vrp run``;
 - ``checkpoints/``: the shipped ``toy-llava``, ``toy-paligemma`` and ``toy-qwen2vl``.

@@ -71,7 +71,9 @@ STEPS = {arch: cfg.steps for arch, cfg in RECIPES.items()}
 WORLD = WorldConfig()
 
 
-def recipe_for(arch: str, seed: int = 0, steps: int | None = None, threads: int = 0) -> tuple[TrainConfig, WorldConfig]:
+def recipe_for(
+    arch: str, seed: int = TrainConfig.seed, steps: int | None = None, threads: int = TrainConfig.threads
+) -> tuple[TrainConfig, WorldConfig]:
     """The shipped recipe for ``arch``, with optional overrides.
 
     ``steps`` shorter than the recipe's schedule trains that schedule's first ``steps`` (the

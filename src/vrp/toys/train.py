@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -350,7 +350,7 @@ def train(
     adapter = build_model(cfg, wcfg, out, device)
     data = prepare_data(cfg, wcfg)
     opt = make_optimizer(adapter.model, cfg)
-    log: dict = {"config": {**asdict(cfg)}, "world": wcfg.to_dict(), "device": str(torch.device(device)), "evals": []}
+    log: dict = {"config": {**cfg.to_dict()}, "world": wcfg.to_dict(), "device": str(torch.device(device)), "evals": []}
     best: Checkpoint | None = None
     with auxiliaries(adapter, cfg, wcfg, opt) as aux:
         sup = aux.supervisor

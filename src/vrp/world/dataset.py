@@ -44,6 +44,8 @@ def generate(
     Scenes are drawn first; POPE's frequency and co-occurrence statistics are then
     measured over this dataset's scenes (as POPE does over COCO), and questions drawn.
     """
+    if n_images < 1:
+        raise ValueError(f"a ShapesWorld set needs at least 1 image, got {n_images}")
     cfg = cfg or WorldConfig()
     wstats = WorldStats.from_config(cfg)
     scene_rng = np.random.default_rng([seed, 0])

@@ -37,8 +37,10 @@ class WorldConfig(Config):
 
     Attributes:
         image_size: side of the square image in pixels.
-        min_objects / max_objects: number of objects per scene (inclusive).
-        small_px / large_px: (min, max) side of an object's box for each size class.
+        min_objects: fewest objects in a scene.
+        max_objects: most objects in a scene.
+        small_px: (min, max) side in pixels of a small object's box.
+        large_px: (min, max) side in pixels of a large object's box.
         hue_jitter: standard deviation (degrees) of the per-object hue noise. Colours
             are 60 degrees apart, so a large jitter makes neighbouring colours
             genuinely ambiguous (irreducible error, on purpose).

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from vrp.models.sites import block_site, hooks, module_of, parse
+from vrp.models.sites import block_site, hooks, parse
 
 
 def _writes(adapter, site: str) -> str:
@@ -60,24 +60,13 @@ def ablate_units(adapter, site: str, units: Sequence[int], values: float | Seque
 @contextmanager
 def bypass(adapter, site: str) -> Iterator[None]:
     """Remove a sub-block's write: ``blocks.{l}.mlp_out`` or ``blocks.{l}.attn_out`` becomes zero,
-    so block ``l``'s residual stream skips its MLP (or attention).
-
-    The MLP's ``forward`` is swapped for one that returns zeros of the right shape (so it is
-    not even run); the attention still runs (the cache is filled) and its write is zeroed.
-    """
+    so block ``l``'s residual stream skips its MLP (or attention). The sub-block still runs (for
+    attention, the cache is filled) and its write is replaced by zeros at the site."""
     s = parse(site, adapter.n_blocks)
     if s.kind not in ("mlp_out", "attn_out"):
         raise ValueError(f"bypass applies to blocks.{{l}}.mlp_out or blocks.{{l}}.attn_out, got {site!r}")
-    if s.kind == "attn_out":
-        with hooks(adapter, {s.name: torch.zeros_like}):
-            yield
-        return
-    module, _ = module_of(adapter, s.name)
-    module.forward = lambda x, *a, **kw: torch.zeros_like(x)
-    try:
+    with hooks(adapter, {s.name: torch.zeros_like}):
         yield
-    finally:
-        del module.forward  # back to the class's forward
 
 
 def head_dim(adapter) -> int:

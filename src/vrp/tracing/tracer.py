@@ -14,6 +14,7 @@ numbers a run stores in ``items.parquet``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,10 @@ from vrp.config import ConfigError, TraceConfig
 from vrp.data.images import as_image
 from vrp.data.items import Item, validate_regions
 from vrp.data.scoring import is_correct, score_generic
-from vrp.models.sites import residual_index
+from vrp.models.sites import as_index, residual_index
 from vrp.signals import SignalInputs, SignalResult, compute
+from vrp.signals.catalog import Context
+from vrp.signals.structural import answer_steps, layer_maps
 
 
 @dataclass(eq=False)
@@ -83,15 +86,16 @@ class Trace:
     def steps(self) -> int:
         """Answer steps the attention signals average over: the answer's tokens before EOS
         (at least 1, at most the steps recorded)."""
-        return max(1, min(len(self.answer_tokens), self.capture.n_steps))
+        return answer_steps(len(self.answer_tokens), self.capture.n_steps)
 
     # ---- reading the record ------------------------------------------------------------------
 
     def _block_position(self, block: int) -> int:
         n = self.model.n_blocks
-        if isinstance(block, bool) or not isinstance(block, int) or not -n <= block < n:
-            raise ValueError(f"block must be an int in [-{n}, {n - 1}] (the model's decoder blocks), got {block!r}")
-        b = block % n
+        b = as_index(block, "block")
+        if not -n <= b < n:
+            raise ValueError(f"block must be in [-{n}, {n - 1}] (the model's decoder blocks), got {block!r}")
+        b %= n
         if b not in self.capture.layers:
             raise ValueError(f"block {b} was not recorded (traced with layers={self.config.layers})")
         return self.capture.layers.index(b)
@@ -101,9 +105,10 @@ class Trace:
         return 0 if index == 0 else 1 + self._block_position(index - 1)
 
     def _check_step(self, step: int) -> int:
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < self.capture.n_steps:
-            raise ValueError(f"step must be an int in [0, {self.capture.n_steps - 1}] (answer steps), got {step!r}")
-        return step
+        t = as_index(step, "step")
+        if not 0 <= t < self.capture.n_steps:
+            raise ValueError(f"step must be in [0, {self.capture.n_steps - 1}] (answer steps), got {step!r}")
+        return t
 
     def attention(
         self,
@@ -137,18 +142,20 @@ class Trace:
         if head is None:
             a = a.mean(axis=0)
         elif head != "all":
-            if isinstance(head, bool) or not isinstance(head, int) or not -a.shape[0] <= head < a.shape[0]:
-                raise ValueError(f"head must be None, 'all' or an int in [0, {a.shape[0] - 1}], got {head!r}")
-            a = a[head]
+            h = as_index(head, "head (None, 'all' or an index)")
+            if not -a.shape[0] <= h < a.shape[0]:
+                raise ValueError(f"head must be in [0, {a.shape[0] - 1}], got {head!r}")
+            a = a[h]
         if normalize:
             a = a / a.sum(axis=(-2, -1), keepdims=True)
         return np.asarray(a, dtype=np.float32)
 
     def attention_maps(self) -> np.ndarray:
         """``[L, rows, cols]``: the maps ``p_l`` the structural signals read (mean over heads and
-        the answer's tokens, renormalized to sum to 1 over the first image's patches)."""
-        from vrp.signals.structural import layer_maps
-
+        the answer's tokens, renormalized to sum to 1 over the first image's patches), over the
+        recorded blocks."""
+        if self._complete():
+            return self._context().maps  # computed once, shared with the signals
         return layer_maps(self.capture.image_attention[0], steps=self.steps)
 
     def residual(self, layer: int | str, step: int = 0) -> np.ndarray:
@@ -189,15 +196,33 @@ class Trace:
             self._cache["lens"] = None if refs is None else lens_readout(self.model, self.capture.residual[0], refs)
         return self._cache["lens"]
 
+    def _complete(self) -> bool:
+        """Whether everything the signals read was recorded: every block, attention, the
+        residual stream and the sub-block writes."""
+        cap = self.capture
+        return (
+            cap.layers == tuple(range(self.model.n_blocks))
+            and bool(cap.image_attention)
+            and cap.residual is not None
+            and cap.attn_write is not None
+        )
+
+    def _context(self) -> Context:
+        """The signal catalog's context over this trace (its intermediates computed once)."""
+        if "context" not in self._cache:
+            self._cache["context"] = Context(self.signal_inputs())
+        return self._cache["context"]
+
     def signal_inputs(self) -> SignalInputs:
         """The arrays the signal catalog reads (:class:`vrp.signals.SignalInputs`)."""
         if "inputs" in self._cache:
             return self._cache["inputs"]
         cap, model = self.capture, self.model
-        if cap.layers != tuple(range(model.n_blocks)):
-            raise ValueError(f"the signals need every decoder block; this trace recorded layers={cap.layers}")
-        if not cap.image_attention or cap.residual is None or cap.attn_write is None:
-            raise ValueError("the signals need attention, residuals and sub-block writes recorded")
+        if not self._complete():
+            raise ValueError(
+                f"the signals need every decoder block, attention, residuals and sub-block writes recorded; "
+                f"this trace recorded layers={cap.layers}"
+            )
         lens = self.lens()
         tok = model.tokenizer
         ids = cap.answer_ids.tolist()
@@ -219,7 +244,7 @@ class Trace:
     def signal_result(self) -> SignalResult:
         """Every signal and curve of the catalog for this item (computed once)."""
         if "signals" not in self._cache:
-            self._cache["signals"] = compute(self)
+            self._cache["signals"] = compute(self._context())
         return self._cache["signals"]
 
     def signals(self) -> dict[str, float]:
@@ -245,7 +270,7 @@ def trace_batch(model: Any, items: Sequence[Item], images: Sequence[Any], config
     if not items:
         return []
     prompts = [model.prompt(it.question) for it in items]
-    cap_cfg = CaptureConfig(layers=config.layers, dtype=config.dtype, max_new_tokens=config.max_new_tokens)
+    cap_cfg = CaptureConfig(layers=config.layers, dtype=config.record_dtype, max_new_tokens=config.max_new_tokens)
     sampled: list[SampledAnswers | None] = [None] * len(items)
     if config.samples:
         # the K samples continue from the greedy pass's cached prompt (no second prefill)
@@ -274,6 +299,25 @@ def _golds(answers: Any) -> tuple[str, ...]:
     return tuple(str(a) for a in answers)
 
 
+def _per_image(value: Any, n: int, what: str) -> list:
+    """``value`` for each of ``n`` images: a str (or None) applies to every image; a list
+    or tuple gives one entry per image."""
+    if value is None or isinstance(value, str):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{what}: give one entry per image ({n}) or one str for all, got {len(value)}")
+    return value
+
+
+def content_id(image: Any, question: str) -> str:
+    """The id of an image and a question given without an item: a hash of the image's pixels
+    and the question, so its samples (seeded from the id) depend on nothing else."""
+    h = hashlib.sha256(f"{image.size}\0{question}\0".encode())
+    h.update(image.tobytes())
+    return "img-" + h.hexdigest()[:16]
+
+
 def trace(
     model: Any,
     image: Any,
@@ -291,16 +335,20 @@ def trace(
         model: a loaded model (:func:`vrp.load`).
         image: an :class:`vrp.Item` (its question, gold answers, task and regions come with
             it), an image (file path or PIL image), or a list of either (batched).
-        question: the question about ``image`` (a list, one per image, for a list of images);
-            not given with items.
-        answers: gold answer(s) of a single image, or one entry per image: the trace is then
-            scored (``correct``) and the truth-margin signals are defined.
+        question: the question about ``image``; for a list of images, one str asked of every
+            image or a list of one per image. Not given with items.
+        answers: gold answer(s) of a single image; for a list of images, a str for all or one
+            entry (a str or a list of str) per image. The trace is then scored (``correct``) and
+            the truth-margin signals are defined.
         task: the scoring family of ``answers`` (existence, counting, ...; docs/data.md).
         regions: gold boxes ``[{"label": ..., "box": [x0, y0, x1, y1]}]`` in the image's
             pixels (single image only): the region signals are then defined.
         config: a :class:`vrp.TraceConfig`; or give its fields as keyword ``options``
             (``samples``, ``temperature``, ``top_p``, ``seed``, ``max_new_tokens``, ``rho``,
-            ``rho_rule``, ``layers``, ``batch_size``, ``dtype``).
+            ``rho_rule``, ``layers``, ``batch_size``, ``record_dtype``).
+
+    An image given with a question (not an :class:`vrp.Item`) gets the id
+    :func:`content_id`: its K samples are seeded from the image's pixels and the question.
 
     Returns:
         A :class:`Trace`, or a list of them for a list input (in order).
@@ -321,20 +369,19 @@ def trace(
         items = inputs
         images = [as_image(it.image) for it in items]
     else:
-        questions = list(question) if many and question is not None else [question]
-        if any(not isinstance(q, str) for q in questions) or len(questions) != len(inputs):
-            raise ValueError(f"need one question (a str) per image: {len(inputs)} images, question={question!r}")
-        golds = [_golds(a) for a in answers] if many and answers is not None else [_golds(answers)] * len(inputs)
-        if len(golds) != len(inputs):
-            raise ValueError(f"answers: one entry per image needed, got {len(golds)} for {len(inputs)} images")
+        questions = _per_image(question, len(inputs), "question")
+        if any(not isinstance(q, str) for q in questions):
+            raise ValueError(f"a question (a str) is needed for each image, got question={question!r}")
+        golds = [_golds(a) for a in (_per_image(answers, len(inputs), "answers") if many else [answers])]
         if many and regions:
             raise ValueError("regions are for a single image; give a list of Items to trace several with regions")
-        items = [
-            Item(id=str(i), image=str(x) if isinstance(x, str | Path) else "", question=q, answers=g, task=task,
-                 regions=validate_regions([dict(r) for r in regions]))
-            for i, (x, q, g) in enumerate(zip(inputs, questions, golds, strict=True))
-        ]  # fmt: skip
+        regs = validate_regions([dict(r) for r in regions])
         images = [as_image(x) for x in inputs]
+        items = [
+            Item(id=content_id(im, q), image=str(x) if isinstance(x, str | Path) else "", question=q, answers=g,
+                 task=task, regions=regs)
+            for x, im, q, g in zip(inputs, images, questions, golds, strict=True)
+        ]  # fmt: skip
     traces: list[Trace] = []
     for s in range(0, len(items), cfg.batch_size):
         traces += trace_batch(model, items[s : s + cfg.batch_size], images[s : s + cfg.batch_size], cfg)
