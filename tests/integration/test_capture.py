@@ -198,7 +198,7 @@ def test_grid_mapping_puts_a_crafted_patch_at_its_row_col(arch, size, cell):
     _make_vision_local(model, arch)
     base, crafted = _crafted(size, cell, 12)
     changed, enc = _changed_positions(ad, [base], [crafted], ad.prompt("Describe the image."))
-    (grid,) = ad.image_grids(enc)[0]
+    (grid,) = ad.image_grids(enc, [base.size])[0]
     if arch == "qwen2vl":
         assert (grid.rows, grid.cols) == (4, 6)  # 48 x 72 pixels, 12 px per merged token: non-square
     r, c = cell
@@ -219,7 +219,7 @@ def test_two_qwen2vl_images_keep_separate_grids():
     ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     changed, enc = _changed_positions(ad, [first, base2], [first, crafted2], prompt)
-    g1, g2 = ad.image_grids(enc)[0]
+    g1, g2 = ad.image_grids(enc, [first.size, base2.size])[0]
     assert (g1.rows, g1.cols, g2.rows, g2.cols) == (4, 4, 3, 6)
     assert g1.token_index[-1] < g2.token_index[0]
     assert changed == [int(g2.token_index[1 * 6 + 5])]
@@ -231,7 +231,7 @@ def test_image_token_count_mismatch_is_a_clear_error(adapters, images):
     enc["input_ids"] = enc["input_ids"].clone()
     enc["input_ids"][0, 3] = ad.tokenizer.convert_tokens_to_ids("is")  # break the image block
     with pytest.raises(ValueError, match="contiguous image tokens"):
-        ad.image_grids(enc)
+        ad.image_grids(enc, [images[0].size])
 
 
 def test_eager_fallback_when_attention_bypasses_the_capture_function(adapters, images, monkeypatch, caplog):

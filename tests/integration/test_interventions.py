@@ -82,9 +82,9 @@ def test_unit_ablation_and_clamp_set_the_units(adapter):
 
 def test_patching_every_layer_from_clean_reproduces_clean_logits(adapter):
     images, prompts, enc = _inputs(adapter)
-    grid = adapter.image_grids(enc)[0][0]
-    corrupt = [masking.mask_pixels(im, range(grid.rows * grid.cols), grid.rows, grid.cols,
-                                   lambda v, im=im: adapter.image_box(v, im.size), "image-mean") for im in images]  # fmt: skip
+    grids = adapter.image_grids(enc, [im.size for im in images])
+    corrupt = [masking.mask_pixels(im, range(g[0].rows * g[0].cols), g[0].rows, g[0].cols, g[0].view.to_image,
+                                   "image-mean") for im, g in zip(images, grids, strict=True)]  # fmt: skip
     enc_x = adapter.encode(corrupt, prompts, padding_side="left")
     assert torch.equal(enc["input_ids"], enc_x["input_ids"])
     n = len(adapter.decoder_layers())
@@ -104,8 +104,8 @@ def test_patching_every_layer_from_clean_reproduces_clean_logits(adapter):
 
 
 def test_embedding_masking_of_zero_patches_changes_nothing(adapter):
-    _, _, enc = _inputs(adapter)
-    grids = adapter.image_grids(enc)
+    images, _, enc = _inputs(adapter)
+    grids = adapter.image_grids(enc, [im.size for im in images])
     clean = _logits(adapter, enc)
     with edits.mask_image_tokens(adapter, [[] for _ in grids], [g[0].token_index for g in grids]):
         assert torch.equal(_logits(adapter, enc), clean)
@@ -113,13 +113,20 @@ def test_embedding_masking_of_zero_patches_changes_nothing(adapter):
         assert not torch.equal(_logits(adapter, enc), clean)
 
 
-def test_image_box_inverts_view_box(adapter):
+def test_view_to_image_inverts_to_grid(adapter):
     size = (64, 48)
+    enc = adapter.encode([Image.new("RGB", size)], [adapter.prompt("Describe the image.")])
+    (grid,) = adapter.image_grids(enc, [size])[0]
+    view = grid.view
+    if adapter.family == "llava":  # CLIP: shortest edge to 48, centre crop 48 x 48 of the 64 x 48 image
+        assert view.box == (8.0, 0.0, 56.0, 48.0)
+    else:
+        assert view.box == (0.0, 0.0, 64.0, 48.0)
     for box in [(10.0, 5.0, 30.0, 20.0), (20.0, 10.0, 44.0, 40.0)]:
-        v = adapter.view_box(box, size)
-        if v is None or min(v) <= 0.0 or max(v) >= 1.0:  # clipped by a centre crop: not invertible
-            continue
-        assert np.allclose(adapter.image_box(v, size), box)
+        v = view.to_grid(box)
+        assert np.allclose(view.to_image(v), box)
+    if adapter.family == "llava":
+        assert view.to_grid((0.0, 0.0, 4.0, 4.0)) is None  # left of the crop
 
 
 # ---- vrp intervene on a shipped toy run ---------------------------------------------

@@ -166,7 +166,7 @@ def test_attention_supervision_reads_the_models_own_attention(arch):
     enc, labels = encode_batch(
         ad, [render(s, wcfg) for s, _ in batch], [q.question for _, q in batch], [q.answer for _, q in batch]
     )
-    grids = ad.image_grids(enc)
+    grids = ad.image_grids(enc, [(wcfg.image_size, wcfg.image_size)] * len(batch))
     counts = [object_patch_counts(s, 4) for s, _ in batch]
     layer = 2
     sup = AttentionSupervisor(layer, ("position", "spatial", "attribute"))

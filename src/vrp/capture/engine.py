@@ -96,8 +96,11 @@ class _Taps:
         return {name: keep_last(calls) for name, calls in self.calls.items()}
 
 
-def _unpad(grid: ImageGrid, offset: int) -> ImageGrid:
-    return ImageGrid(rows=grid.rows, cols=grid.cols, token_index=grid.token_index - offset)
+def image_sizes(images: list) -> list[tuple[int, int]]:
+    """``(width, height)`` of every image, in the order the processor takes them (a nested
+    list, one list of images per prompt, is flattened)."""
+    flat = [im for x in images for im in (x if isinstance(x, list | tuple) else [x])]
+    return [im.size for im in flat]
 
 
 @dataclass
@@ -150,7 +153,7 @@ def _capture(adapter, images: list, prompts: list[str], cfg: CaptureConfig, keep
         )
     keep = list(range(n)) if cfg.layers is None else sorted({i % n for i in cfg.layers})
     enc = adapter.model_inputs(images, prompts)
-    grids = adapter.image_grids(enc)
+    grids = adapter.image_grids(enc, image_sizes(images))
     taps = _Taps(keep, cfg.residuals, cfg.writes, _DTYPES[cfg.dtype])
     recorder = AttentionRecorder(set(keep))
     with (
@@ -228,7 +231,7 @@ def _assemble(
             prompt_len=input_len - pads[b],
             answer_ids=np.asarray(ids[:T], dtype=np.int64),
             logprobs=logprobs[b, :T],
-            grids=[_unpad(g, pads[b]) for g in grids[b]],
+            grids=[g.shifted(-pads[b]) for g in grids[b]],
             layers=tuple(keep),
         )
         if res is not None:
@@ -263,10 +266,14 @@ def _prompt_rows(recorder: AttentionRecorder, keep, n_calls: int, prompt_len: in
 def _attach_attention(rec: ItemCapture, rows: torch.Tensor, b: int, T: int, grids: list[ImageGrid]) -> None:
     # rows: [L, B, H, calls, prompt_len] in padded prompt coordinates; grids likewise.
     item = rows[:, b, :, :T, :]  # [L, H, T, prompt_len]
-    all_img = torch.as_tensor(np.concatenate([g.token_index for g in grids]) if grids else np.zeros(0, dtype=np.int64))
-    img_mass = item[..., all_img].sum(-1).numpy()  # [L, H, T]
+    all_img = torch.as_tensor(np.concatenate([g.patch_index for g in grids]) if grids else np.zeros(0, dtype=np.int64))
+    img_mass = item[..., all_img].sum(-1).numpy()  # [L, H, T]: on every patch of every view
     rec.image_mass = img_mass.astype(np.float32)
     rec.text_mass = (1.0 - img_mass).astype(np.float32)
     for g in grids:
-        a = item[..., torch.as_tensor(g.token_index)]  # [L, H, T, rows * cols]
-        rec.image_attention.append(a.reshape(*a.shape[:3], g.rows, g.cols).numpy().astype(np.float32))
+        views = []
+        for v in g.views:
+            a = item[..., torch.as_tensor(v.token_index)]  # [L, H, T, rows * cols]
+            views.append(a.reshape(*a.shape[:3], v.rows, v.cols).numpy().astype(np.float32))
+        rec.view_attention.append(views)
+        rec.image_attention.append(views[g.canonical])  # the same array, not a copy

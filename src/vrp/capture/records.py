@@ -31,14 +31,17 @@ class ItemCapture:
     prompt_len: int  # prompt tokens of this item (padding excluded)
     answer_ids: np.ndarray  # [T] int64, generated token ids (EOS included if emitted)
     logprobs: np.ndarray  # [T, V] float32, log-softmax of the model's logits at each step
-    grids: list[ImageGrid]  # one per image in the prompt, in prompt order
+    grids: list[ImageGrid]  # one per image in the prompt, in prompt order (views and prompt positions)
     residual: np.ndarray | None = None  # [T, L + 1, d] at the step's query position
     attn_write: np.ndarray | None = None  # [T, L, d] attention sub-block output added to the residual
     mlp_write: np.ndarray | None = None  # [T, L, d] MLP sub-block output added to the residual
-    # Per image: attention of each step's query to that image's tokens on its grid.
+    # Per image: attention of each step's query to that image's tokens on its canonical view's grid.
     image_attention: list[np.ndarray] = field(default_factory=list)  # each [L, H, T, rows, cols]
-    image_mass: np.ndarray | None = None  # [L, H, T] total attention on all image tokens
-    text_mass: np.ndarray | None = None  # [L, H, T] total attention on non-image prompt + answer tokens
+    # Per image, per view (``grids[i].views``): the same on every view's grid (the canonical
+    # view's array is the one in ``image_attention``).
+    view_attention: list[list[np.ndarray]] = field(default_factory=list)  # each [L, H, T, rows_v, cols_v]
+    image_mass: np.ndarray | None = None  # [L, H, T] total attention on every patch token of every image
+    text_mass: np.ndarray | None = None  # [L, H, T] on everything else: text, image separators, answer tokens
     layers: tuple[int, ...] = ()  # which decoder layers the L axis of the arrays above holds
 
     @property

@@ -158,7 +158,7 @@ def _patching(cfg, clean: CleanPass, adapter, items, out_dir: Path, entry: dict,
     what = "all patches" if cfg.corruption == "all" else f"{cfg.corruption} {cfg.frac:.0%} patches"
     label = f"{what} (pixel, {cfg.fill}); restored at {cfg.patch_positions} positions"
     m_clean, m_corrupt, patched = patch_margins(
-        adapter, items, lambda b: ex.masked_images(cfg, clean, adapter, cells, b), list(sites), cfg.batch_size,
+        adapter, items, lambda b: ex.masked_images(cfg, clean, cells, b), list(sites), cfg.batch_size,
         last_only=cfg.patch_positions == "last", tick=tick_for("patching", len(items)),
     )  # fmt: skip
     rows = []

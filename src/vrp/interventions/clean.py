@@ -15,6 +15,7 @@ import numpy as np
 
 from vrp.data.items import Item
 from vrp.interventions.runner import Answers, iter_batches, score
+from vrp.models.grids import View
 from vrp.signals import structural
 
 
@@ -24,7 +25,7 @@ class CleanPass:
 
     Attributes:
         answers: texts, correctness, margins.
-        grids: per item (rows, cols) of its (first) image's token grid.
+        views: per item, the canonical view of its (first) image (grid and pixel box).
         maps: per item ``[rows, cols]`` attention map at ``map_layer`` (None when not asked).
         std_residual: ``[L + 1, d]`` std of each residual unit (index 0 = embeddings, i + 1 =
             output of block i) at the decision position over the items; None when not asked.
@@ -32,7 +33,7 @@ class CleanPass:
     """
 
     answers: Answers
-    grids: list[tuple[int, int]]
+    views: list[View]
     maps: list[np.ndarray] | None
     std_residual: np.ndarray | None
     std_mlp: np.ndarray | None
@@ -78,7 +79,7 @@ def clean_pass(
         max_new_tokens=max_new_tokens,
     )  # fmt: skip
     tok = adapter.tokenizer
-    texts, correct, margin, grids, maps = [], [], [], [], []
+    texts, correct, margin, views, maps = [], [], [], [], []
     sums = None
     for batch in iter_batches(adapter, items, batch_size):
         caps = capture_generate(adapter, batch.images, batch.prompts, cfg)
@@ -87,8 +88,7 @@ def clean_pass(
             texts.append(text)
             correct.append(ok)
             margin.append(m)
-            g = cap.grids[0]
-            grids.append((g.rows, g.cols))
+            views.append(cap.grids[0].view)
             if layer is not None:
                 n_content = sum(1 for i in cap.answer_ids.tolist() if i != tok.eos_token_id)
                 pos = cap.layers.index(layer)
@@ -111,7 +111,7 @@ def clean_pass(
 
     return CleanPass(
         answers=Answers([it.id for it in items], texts, np.asarray(correct, bool), np.asarray(margin, np.float64)),
-        grids=grids,
+        views=views,
         maps=maps if layer is not None else None,
         std_residual=std(sums[0]) if sums else None,
         std_mlp=std(sums[1]) if sums else None,

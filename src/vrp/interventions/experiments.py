@@ -155,7 +155,8 @@ def head_conditions(cfg: InterveneConfig, adapter) -> list[Condition]:
 def item_cells(cfg: InterveneConfig, clean: CleanPass, ids: list[str], which: str) -> list[np.ndarray]:
     """Per item, the flat grid cells to mask: its own top-``frac`` cells, or as many random ones."""
     out = []
-    for i, (rows, cols) in enumerate(clean.grids):
+    for i, view in enumerate(clean.views):
+        rows, cols = view.rows, view.cols
         k = masking.n_masked(rows * cols, cfg.frac)
         if which == "all":
             out.append(np.arange(rows * cols))
@@ -166,9 +167,9 @@ def item_cells(cfg: InterveneConfig, clean: CleanPass, ids: list[str], which: st
     return out
 
 
-def masked_images(cfg: InterveneConfig, clean: CleanPass, adapter, cells: list[np.ndarray], batch: Batch) -> list:
+def masked_images(cfg: InterveneConfig, clean: CleanPass, cells: list[np.ndarray], batch: Batch) -> list:
     return [
-        masking.mask_pixels(im, cells[j], *clean.grids[j], lambda v, im=im: adapter.image_box(v, im.size), cfg.fill)
+        masking.mask_pixels(im, cells[j], clean.views[j].rows, clean.views[j].cols, clean.views[j].to_image, cfg.fill)
         for j, im in zip(batch.index, batch.images, strict=True)
     ]
 
@@ -189,7 +190,7 @@ def patch_conditions(cfg: InterveneConfig, clean: CleanPass, adapter, ids: list[
         spec = {"cells": [c.tolist() for c in cells], "space": cfg.space, "fill": cfg.fill}
         if cfg.space == "pixel":
             cond = Condition(label, "patches", -1, control,
-                             images=lambda b, cells=cells: masked_images(cfg, clean, adapter, cells, b), spec=spec)  # fmt: skip
+                             images=lambda b, cells=cells: masked_images(cfg, clean, cells, b), spec=spec)  # fmt: skip
         else:
             cond = Condition(label, "patches", -1, control,
                              context=lambda b, cells=cells: _embedding_mask(adapter, cells, b), spec=spec)  # fmt: skip

@@ -1,8 +1,8 @@
 """Which image patches to mask, and masking them in pixel space (pure functions, no model).
 
-A patch is one cell of the image-token grid the language model sees (``rows x cols``; for
-Qwen2-VL one merged 2x2 block). The pixel region of a cell is found through the adapter's
-inverse view geometry (:meth:`vrp.models.ModelAdapter.image_box`), passed in as a function.
+A patch is one cell of the canonical view's image-token grid (``rows x cols``; for Qwen2-VL
+one merged 2x2 block). The pixel region of a cell is found through the view's inverse
+geometry (:meth:`vrp.models.grids.View.to_image`), passed in as a function.
 """
 
 from __future__ import annotations

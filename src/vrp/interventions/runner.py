@@ -46,7 +46,7 @@ class Batch:
         """Per row, the image grids in padded batch coordinates (as the capture engine encodes)."""
         if self._grids is None:
             enc = self.adapter.encode(self.images, self.prompts, padding_side="left")
-            self._grids = self.adapter.image_grids(enc)
+            self._grids = self.adapter.image_grids(enc, [im.size for im in self.images])
         return self._grids
 
 

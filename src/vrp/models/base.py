@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vrp.config import DEVICE
-from vrp.models.grids import ImageGrid
+from vrp.models.grids import ImageGrid, full_box, single_view
 
 _REGISTRY: dict[str, type[ModelAdapter]] = {}
 
@@ -187,33 +187,47 @@ class ModelAdapter:
                 logits = torch.tanh(logits / cap) * cap
         return logits
 
+    # What the structural signals read of each image (recorded in a run's manifest).
+    canonical_view: ClassVar[str] = "the image's one grid"
+
     def image_layouts(self, enc: dict) -> list[tuple[int, int, int]]:
-        """(rows, cols, leading non-grid tokens) of every image in the batch, in order.
+        """(rows, cols, leading non-grid tokens) of every image in the batch, in order, for
+        families whose image is one contiguous block of ``image_token_id`` (the default
+        :meth:`image_grids`).
 
         ``rows * cols + leading`` is the number of placeholder tokens the image occupies.
         """
         raise NotImplementedError
 
-    def image_grids(self, enc: dict) -> list[list[ImageGrid]]:
-        """Per batch row, the grid of each image in it (positions in the padded batch).
+    def grid_box(self, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """The pixel box of the original image that a one-grid family's grid spans (default:
+        the whole image, a plain resize)."""
+        return full_box(image_size)
 
-        Raises a clear error if the placeholder tokens do not match the expected grids.
+    def image_grids(self, enc: dict, image_sizes: Sequence[tuple[int, int]]) -> list[list[ImageGrid]]:
+        """Per batch row, each of its images as the language model sees it: its views with their
+        prompt positions (in the padded batch) and pixel boxes.
+
+        Args:
+            enc: the processor's output for the batch.
+            image_sizes: ``(width, height)`` of every image of the batch, in processor order.
+
+        Raises a clear error if the placeholder tokens do not match the expected grids. This
+        default reads one contiguous block of ``image_token_id`` per image, laid out by
+        :meth:`image_layouts`; families with several views or separators override it.
         """
-        import numpy as np
-
         ids = enc["input_ids"]
-        layouts = iter(self.image_layouts(enc))
+        layouts = list(self.image_layouts(enc))
+        sizes = self._check_sizes(image_sizes, len(layouts))
         out: list[list[ImageGrid]] = []
+        k = 0
         for r in range(ids.shape[0]):
             pos = (ids[r] == self.image_token_id).nonzero().flatten().tolist()
             grids, i = [], 0
             while i < len(pos):
-                try:
-                    rows, cols, lead = next(layouts)
-                except StopIteration:
-                    raise ValueError(
-                        f"{self.family}: row {r} has more image tokens than the processor produced images"
-                    ) from None
+                if k >= len(layouts):
+                    raise ValueError(f"{self.family}: row {r} has more image tokens than the processor produced images")
+                rows, cols, lead = layouts[k]
                 n = rows * cols + lead
                 block = pos[i : i + n]
                 if len(block) != n or block[-1] - block[0] != n - 1:
@@ -221,54 +235,17 @@ class ModelAdapter:
                         f"{self.family}: expected {n} contiguous image tokens for a {rows}x{cols} grid "
                         f"(+{lead} leading) at row {r}, found {len(block)}"
                     )
-                grids.append(ImageGrid(rows=rows, cols=cols, token_index=np.asarray(block[lead:], dtype=np.int64)))
+                grids.append(single_view(rows, cols, block[lead:], self.grid_box(sizes[k]), separators=block[:lead]))
                 i += n
+                k += 1
             out.append(grids)
         return out
 
-    def _crop_geometry(self, image_size: tuple[int, int]) -> tuple[float, float, float, float, float] | None:
-        """(scale, x offset, y offset, crop width, crop height) of a shortest-edge resize plus
-        centre crop (CLIP / LLaVA-1.5), or None for a plain resize (relative coordinates kept)."""
-        w, h = image_size
-        ip = getattr(self.processor, "image_processor", None)
-        crop = getattr(ip, "crop_size", None) if getattr(ip, "do_center_crop", False) else None
-        if crop is None:
-            return None
-        short = _size_field(getattr(ip, "size", None), "shortest_edge") or min(w, h)
-        scale = short / min(w, h)
-        ch, cw = _size_field(crop, "height") or short, _size_field(crop, "width") or short
-        return scale, (w * scale - cw) / 2, (h * scale - ch) / 2, cw, ch
-
-    def view_box(self, box: Sequence[float], image_size: tuple[int, int]) -> tuple[float, float, float, float] | None:
-        """A pixel box ``[x0, y0, x1, y1]`` of the original image in the coordinates the
-        vision tower sees, normalized to [0, 1] (so it can be laid on the patch grid).
-
-        Follows the image processor's own geometry: a plain resize keeps relative
-        coordinates; a shortest-edge resize followed by a centre crop (CLIP / LLaVA-1.5)
-        shifts and clips them. Returns None when the box falls outside the cropped view.
-        """
-        w, h = image_size
-        x0, y0, x1, y1 = (float(v) for v in box)
-        geo = self._crop_geometry(image_size)
-        if geo is not None:
-            scale, ox, oy, cw, ch = geo
-            x0, x1 = (x0 * scale - ox) / cw, (x1 * scale - ox) / cw
-            y0, y1 = (y0 * scale - oy) / ch, (y1 * scale - oy) / ch
-        else:
-            x0, x1, y0, y1 = x0 / w, x1 / w, y0 / h, y1 / h
-        x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, 1.0), min(y1, 1.0)
-        return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
-
-    def image_box(self, view: Sequence[float], image_size: tuple[int, int]) -> tuple[float, float, float, float]:
-        """Inverse of :meth:`view_box`: the pixel box of the original image that a normalized
-        box of the vision tower's view covers (e.g. one cell of the image-token grid)."""
-        w, h = image_size
-        x0, y0, x1, y1 = (float(v) for v in view)
-        geo = self._crop_geometry(image_size)
-        if geo is None:
-            return (x0 * w, y0 * h, x1 * w, y1 * h)
-        scale, ox, oy, cw, ch = geo
-        return ((x0 * cw + ox) / scale, (y0 * ch + oy) / scale, (x1 * cw + ox) / scale, (y1 * ch + oy) / scale)
+    def _check_sizes(self, image_sizes: Sequence[tuple[int, int]], n_images: int) -> list[tuple[int, int]]:
+        sizes = [(int(w), int(h)) for w, h in image_sizes]
+        if len(sizes) != n_images:
+            raise ValueError(f"{self.family}: {len(sizes)} image sizes for the {n_images} images the processor encoded")
+        return sizes
 
     def generation_state(self) -> dict:
         """Model state that ``generate`` keeps between calls and that a continuation from a
@@ -312,7 +289,7 @@ class ModelAdapter:
         return {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in enc.items()}
 
 
-def _size_field(size: Any, key: str) -> int | None:
+def size_field(size: Any, key: str) -> int | None:
     """A field of an image processor's size object (a dict in older processors)."""
     if size is None:
         return None

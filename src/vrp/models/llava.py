@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from vrp.models.base import LANGUAGE_MODULES, ModelAdapter, register
+from vrp.models.base import LANGUAGE_MODULES, ModelAdapter, register, size_field
+from vrp.models.grids import centre_crop_box, full_box
 
 
 @register
@@ -28,6 +29,17 @@ class LlavaAdapter(ModelAdapter):
         side = vc.image_size // vc.patch_size
         lead = 0 if self.model.config.vision_feature_select_strategy == "default" else 1
         return [(side, side, lead)] * len(enc["pixel_values"])
+
+    def grid_box(self, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+        # CLIP's shortest-edge resize and centre crop: the grid spans a centred square of the image.
+        ip = self.processor.image_processor
+        crop = getattr(ip, "crop_size", None) if getattr(ip, "do_center_crop", False) else None
+        if crop is None:
+            return full_box(image_size)
+        short = size_field(getattr(ip, "size", None), "shortest_edge") or min(image_size)
+        return centre_crop_box(
+            image_size, short, (size_field(crop, "width") or short, size_field(crop, "height") or short)
+        )
 
     def answer_suffix(self, answer: str) -> str:
         return f" {answer}{self.tokenizer.eos_token}"

@@ -67,7 +67,9 @@ def _card(run: RunData, row, arrays: dict, block: int | None, idx: int | None, n
     tokens = [names(int(t)) for t in top] if top is not None else []
     answer_tok = tokens[-1] if tokens else "?"
     lens_title = f"logit lens: gold vs best other (last: '{answer_tok[:12]}')"
-    png = F.case_figure(image, att_map, margin, tokens, f"attention, block {block}", lens_title)
+    box = arrays.get("view_box")  # runs before views were recorded: the grid stretched over the image
+    png = F.case_figure(image, att_map, margin, tokens, f"attention, block {block}", lens_title,
+                        None if box is None else tuple(float(v) for v in box))  # fmt: skip
     wrong = not bool(row["correct"])
     tag = "<span class='tag wrong'>wrong</span>" if wrong else "<span class='tag right'>right</span>"
     gold = ", ".join(str(g) for g in row["gold"])
@@ -121,7 +123,7 @@ def cases_section(run: RunData, layer: int | None, n_cases: int) -> Section:
         return Section("cases", "Case studies", howto(guide) + "<p class='missing'>No token confidence column.</p>")
     wrong, right = pick_cases(run.items, n_cases)
     ids = list(wrong["id"]) + list(right["id"])
-    arrays = item_arrays(run, ids, ("attention", "curve.margin", "curve.lens_top_id"))
+    arrays = item_arrays(run, ids, ("attention", "view_box", "curve.margin", "curve.lens_top_id"))
     names = TokenNames(run)
     probe: dict[str, dict] = {}
     if run.predictions is not None and "probe_dense" in run.predictions:

@@ -176,15 +176,18 @@ def case_figure(
     top_tokens: Sequence[str],
     attn_title: str,
     lens_title: str,
+    box: tuple[float, float, float, float] | None = None,
 ) -> bytes:
-    """One case: the image, its attention overlay (grid stretched over the image) and the
-    logit-lens truth margin per residual layer annotated with the lens's top token.
+    """One case: the image, its attention overlay and the logit-lens truth margin per residual
+    layer annotated with the lens's top token.
 
     Args:
         image: ``[H, W, 3]`` uint8, or None when the file is missing.
         attention: ``[rows, cols]`` map on the model's patch grid, or None when not stored.
         margin: ``[L + 1]`` truth margin per residual layer, or None.
         top_tokens: the lens's top token per residual layer (same length as ``margin``).
+        box: ``(x0, y0, x1, y1)`` the pixels of the image the grid spans (a centre crop, a padded
+            area); None stretches the grid over the whole image.
     """
     fig = _figure(8.4, 2.6)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.7]})
@@ -201,7 +204,10 @@ def case_figure(
             if attention is None:
                 ax.text(w / 2, h / 2, "attention\nnot stored", ha="center", va="center", fontsize=9, color="white")
             else:
-                ax.imshow(attention, extent=(0, w, h, 0), cmap="inferno", alpha=0.6, interpolation="nearest")
+                x0, y0, x1, y1 = box if box is not None else (0, 0, w, h)
+                ax.imshow(attention, extent=(x0, x1, y1, y0), cmap="inferno", alpha=0.6, interpolation="nearest")
+                ax.set_xlim(0, w)
+                ax.set_ylim(h, 0)
         ax.set_title(attn_title if overlay else "image", fontsize=9.5)
     ax = axes[2]
     if margin is not None and len(margin):

@@ -179,7 +179,7 @@ def run(cfg: RunConfig, force: bool = False, on_progress: Progress | None = None
     run_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model_path(cfg.model)
     model_type = read_model_type(model_path)
-    adapter_for(model_type)  # a bad or unsupported model fails here, before any work
+    family = adapter_for(model_type)  # a bad or unsupported model fails here, before any work
     loaded, provenance = load_data(cfg.data, run_dir, cfg.seed, cfg.world_images)
     items = loaded.items[: cfg.limit] if cfg.limit else loaded.items
     model_id = model_identity(model_path)  # reads the weights' sampled bytes: once per run
@@ -197,7 +197,7 @@ def run(cfg: RunConfig, force: bool = False, on_progress: Progress | None = None
         manifest = {
             "status": "running", "identity": identity, "config": cfg.to_dict(), "data": provenance,
             "versions": versions(), "seed": cfg.seed, "started": started,
-            "model": {"name": cfg.model, "model_type": model_type, **model_id},
+            "model": {"name": cfg.model, "model_type": model_type, "canonical_view": family.canonical_view, **model_id},
             "counts": {"items_loaded": len(loaded.items), "items": len(items), "batches": len(spans)},
         }  # fmt: skip
         atomic_write_json(run_dir / "manifest.json", manifest)

@@ -10,6 +10,8 @@ moment leaves only complete batches and temporary files, which resume deletes.
 Arrays (float16 unless noted; ``n`` = answered items of the batch, in row order):
     residual                  [n, 1 + S_l, d]  decision-position residual, embedding + stored blocks
     attention.<row>           [S_l, rows, cols] p_l (mean) or [S_l, H, rows, cols] raw per head (heads)
+    view_box                  [n, 4] float32 (x0, y0, x1, y1): the pixel box of the image that the
+                              attention maps' grid spans (its canonical view), with attention stored
     curve.<name>              [n, L] or [n, L + 1] float32 per-layer curves (vrp.signals.catalog.CURVES; docs/run-directory.md)
 """
 

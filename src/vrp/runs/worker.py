@@ -111,6 +111,8 @@ class BatchWorker:
                 att = t.capture.image_attention[0]  # [L, H, T, rows, cols]: the item's (first) image
                 sel = att[:, :, : t.steps].mean(axis=2) if self.cfg.store_attention == "heads" else t.attention_maps()
                 arrays["attention"] = sel[self.stored].astype(np.float32)
+                # the pixel box of the original image that the map's grid spans (the report's overlay)
+                arrays["view_box"] = np.asarray(t.capture.grids[0].view.box, dtype=np.float32)
             if self.cfg.store_residuals:
                 keep = [0] + [i + 1 for i in self.stored]  # residual index: 0 = embed, l + 1 = block l
                 arrays["residual"] = t.capture.residual[0][keep].astype(np.float16)

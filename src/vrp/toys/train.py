@@ -254,7 +254,7 @@ def train_step(
     counts = [object_patch_counts(sc, aux.grid) for sc, _ in batch] if need_counts else None
     attn_sup = None
     if sup is not None:
-        la = sup.loss(batch, counts, labels_host, adapter.image_grids(enc_host))
+        la = sup.loss(batch, counts, labels_host, adapter.image_grids(enc_host, [im.size for im in images]))
         sup.qk = None
         if la is not None:
             loss = loss + cfg.attn_sup_weight * la

@@ -116,6 +116,7 @@ class Trace:
         head: int | str | None = None,
         step: int | None = 0,
         image: int = 0,
+        view: int | str | None = None,
         normalize: bool = False,
     ) -> np.ndarray:
         """Attention of an answer step's query over one image's patch grid.
@@ -127,17 +128,21 @@ class Trace:
             step: answer step (0 = the decision position), or None for the mean over the
                 answer's tokens (EOS excluded), as the signals average.
             image: which image of the prompt.
+            view: which of the image's views (index or name, e.g. ``"global"``; None: the
+                canonical one, whose grid the signals read; ``trace.capture.grids[image].views``).
             normalize: divide by the map's total, so it sums to 1 over the patches (the raw
                 values are attention probabilities over every key, image and text).
 
         Returns:
-            The map, row-major on the image's patch grid (``trace.capture.grids[image]``).
+            The map, row-major on the view's patch grid.
         """
-        if not self.capture.image_attention:
+        cap = self.capture
+        if not cap.view_attention:
             raise ValueError("attention was not recorded for this trace")
-        if not 0 <= image < len(self.capture.image_attention):
-            raise ValueError(f"image must be in [0, {len(self.capture.image_attention) - 1}], got {image}")
-        a = self.capture.image_attention[image][self._block_position(block)]  # [H, T, rows, cols]
+        if not 0 <= image < len(cap.view_attention):
+            raise ValueError(f"image must be in [0, {len(cap.view_attention) - 1}], got {image}")
+        k = cap.grids[image].find(view)
+        a = cap.view_attention[image][k][self._block_position(block)]  # [H, T, rows, cols]
         a = a[:, : self.steps].mean(axis=1) if step is None else a[:, self._check_step(step)]  # [H, rows, cols]
         if head is None:
             a = a.mean(axis=0)
@@ -227,7 +232,8 @@ class Trace:
         tok = model.tokenizer
         ids = cap.answer_ids.tolist()
         stop = next((i for i, t in enumerate(ids) if t == tok.eos_token_id or "\n" in tok.decode([t])), len(ids))
-        boxes = tuple(b for r in self.item.regions if (b := model.view_box(r["box"], self.image.size)) is not None)
+        view = cap.grids[0].view  # the canonical view of the item's (first) image
+        boxes = tuple(b for r in self.item.regions if (b := view.to_grid(r["box"])) is not None)
         top_ids = lens.top_ids if lens is not None else model.logit_lens(cap.residual[0]).argmax(-1).cpu().numpy()
         self._cache["inputs"] = SignalInputs(
             task=self.item.task, answer_ids=cap.answer_ids, logprobs=cap.logprobs, n_content=len(self.answer_tokens),
