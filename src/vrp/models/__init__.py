@@ -1,6 +1,6 @@
 """Model adapters, one per family, and their explicit registry."""
 
-from vrp.models import llava, paligemma, qwen2vl  # noqa: F401  (registers the adapters)
+from vrp.models import llava, paligemma, qwen2_5_vl, qwen2vl, qwen3_vl  # noqa: F401  (registers the adapters)
 from vrp.models.base import (
     ModelAdapter,
     NotAModelError,

@@ -126,8 +126,20 @@ class ModelAdapter:
         return self.processor.tokenizer
 
     def prompt(self, question: str) -> str:
-        """The text for one image followed by one question, ready for the processor."""
-        raise NotImplementedError
+        """The text for one image followed by one question, ready for the processor: the
+        checkpoint's own chat template when it ships one (a user turn holding the image and
+        the question, then the assistant's turn), else the family's :meth:`plain_prompt`."""
+        if getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return self.plain_prompt(question)
+
+    def plain_prompt(self, question: str) -> str:
+        """The family's prompt for a checkpoint without a chat template."""
+        raise UnsupportedModelError(
+            f"{self.family}: the processor at {self.path} has no chat template, and this family has no "
+            "documented plain prompt format; add the checkpoint's chat_template.jinja"
+        )
 
     # ---- geometry and module map used by the capture engine --------------------------
 

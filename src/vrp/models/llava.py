@@ -18,8 +18,9 @@ class LlavaAdapter(ModelAdapter):
         **LANGUAGE_MODULES,
     }
 
-    def prompt(self, question: str) -> str:
-        # LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT:").
+    def plain_prompt(self, question: str) -> str:
+        # LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT:"), for checkpoints
+        # without a chat template (llava-hf's ship one, which prompt() uses).
         return f"USER: <image>\n{question} ASSISTANT:"
 
     def image_layouts(self, enc: dict) -> list[tuple[int, int, int]]:

@@ -24,6 +24,6 @@ class PaliGemmaAdapter(ModelAdapter):
             raise ValueError(f"paligemma: image_seq_length {n} is not a square grid")
         return [(side, side, 0)] * len(enc["pixel_values"])
 
-    def prompt(self, question: str) -> str:
+    def plain_prompt(self, question: str) -> str:
         # The processor inserts <bos> after the image tokens and the "\n" separator.
         return f"<image>{question}"

@@ -11,6 +11,7 @@ from vrp.models.base import LANGUAGE_MODULES, ModelAdapter, register
 class Qwen2VLAdapter(ModelAdapter):
     model_types = ("qwen2_vl",)
     family = "qwen2vl"
+    canonical_view = "the image's one grid of merged tokens (image_grid_thw / spatial_merge_size)"
     module_paths: ClassVar[dict[str, str]] = {
         "vision_tower": "model.visual",
         "projector": "model.visual.merger",
@@ -23,13 +24,9 @@ class Qwen2VLAdapter(ModelAdapter):
         out = []
         for t, h, w in enc["image_grid_thw"].tolist():
             if t != 1:
-                raise ValueError(f"qwen2vl: temporal grid {t} (video) is not supported for image capture")
+                raise ValueError(f"{self.family}: temporal grid {t} (video) is not supported for image capture")
             out.append((h // m, w // m, 0))
         return out
-
-    def prompt(self, question: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     def generation_state(self) -> dict:
         # M-RoPE: the offset between text positions and rotary positions, per row, computed
