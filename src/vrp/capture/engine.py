@@ -154,8 +154,12 @@ def _capture(adapter, images: list, prompts: list[str], cfg: CaptureConfig, keep
     keep = list(range(n)) if cfg.layers is None else sorted({i % n for i in cfg.layers})
     enc = adapter.model_inputs(images, prompts)
     grids = adapter.image_grids(enc, image_sizes(images))
+    # attention maps exist only where a block's token mixing is softmax attention (a hybrid
+    # model's linear-attention blocks have none: they are absent, never filled in)
+    with_attention = set(adapter.attention_blocks())
+    att_keep = [i for i in keep if i in with_attention]
     taps = _Taps(keep, cfg.residuals, cfg.writes, _DTYPES[cfg.dtype])
-    recorder = AttentionRecorder(set(keep))
+    recorder = AttentionRecorder(set(att_keep))
     with (
         torch.no_grad(),
         hooks(adapter, taps.fns()),
@@ -170,9 +174,9 @@ def _capture(adapter, images: list, prompts: list[str], cfg: CaptureConfig, keep
             output_logits=True,
             return_dict_in_generate=True,
         )
-    if cfg.attention and not recorder.rows:
-        _eager_fallback(model, enc, cfg, keep, recorder, tok.pad_token_id)
-    records = _assemble(enc, out, grids, taps, recorder, keep, cfg, tok.eos_token_id)
+    if cfg.attention and att_keep and not recorder.rows:
+        _eager_fallback(model, enc, cfg, att_keep, tuple(sorted(with_attention)), recorder, tok.pad_token_id)
+    records = _assemble(enc, out, grids, taps, recorder, keep, att_keep, cfg, tok.eos_token_id)
     if not keep_prefix:
         return records, None
     cache = out.past_key_values
@@ -180,7 +184,15 @@ def _capture(adapter, images: list, prompts: list[str], cfg: CaptureConfig, keep
     return records, PromptPrefix(enc["input_ids"], enc["attention_mask"], cache, adapter.generation_state())
 
 
-def _eager_fallback(model, enc, cfg: CaptureConfig, keep: list[int], recorder: AttentionRecorder, pad_id: int) -> None:
+def _eager_fallback(
+    model,
+    enc,
+    cfg: CaptureConfig,
+    keep: list[int],
+    attention_blocks: tuple[int, ...],
+    recorder: AttentionRecorder,
+    pad_id: int,
+) -> None:
     """The language model did not route attention through ``vrp_capture`` (a family with its
     own attention code): re-run greedy generation with eager attention and
     ``output_attentions`` and keep the last query row of every step. Logged, never silent."""
@@ -194,13 +206,14 @@ def _eager_fallback(model, enc, cfg: CaptureConfig, keep: list[int], recorder: A
             **enc, max_new_tokens=cfg.max_new_tokens, do_sample=False, pad_token_id=pad_id,
             output_attentions=True, return_dict_in_generate=True,
         )  # fmt: skip
-    for step in out.attentions:  # per step: per layer [B, H, q, keys]
+    for step in out.attentions:  # per step: per block [B, H, q, keys], or per block with attention
+        index = {b: k for k, b in enumerate(attention_blocks)} if len(step) == len(attention_blocks) else None
         for i in keep:
-            recorder.add(i, step[i][:, :, -1, :].float())
+            recorder.add(i, step[i if index is None else index[i]][:, :, -1, :].float())
 
 
 def _assemble(
-    enc, out, grids, taps: _Taps, recorder: AttentionRecorder, keep, cfg: CaptureConfig, eos_id: int
+    enc, out, grids, taps: _Taps, recorder: AttentionRecorder, keep, att_keep, cfg: CaptureConfig, eos_id: int
 ) -> list[ItemCapture]:
     input_len = enc["input_ids"].shape[1]
     gen = out.sequences[:, input_len:].cpu().numpy()  # [B, steps]
@@ -222,7 +235,7 @@ def _assemble(
         mlp_w = stack_sites([block_site(i, "mlp_out") for i in keep])
     np_dtype = _NP_DTYPES[cfg.dtype]
 
-    rows = _prompt_rows(recorder, keep, n_calls, input_len) if cfg.attention else None
+    rows = _prompt_rows(recorder, att_keep, n_calls, input_len) if cfg.attention and att_keep else None
     records = []
     for b in range(gen.shape[0]):
         ids = gen[b].tolist()
@@ -233,6 +246,7 @@ def _assemble(
             logprobs=logprobs[b, :T],
             grids=[g.shifted(-pads[b]) for g in grids[b]],
             layers=tuple(keep),
+            attention_layers=tuple(att_keep) if rows is not None else (),
         )
         if res is not None:
             rec.residual = res[b, :T].astype(np_dtype)

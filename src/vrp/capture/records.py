@@ -42,7 +42,11 @@ class ItemCapture:
     view_attention: list[list[np.ndarray]] = field(default_factory=list)  # each [L, H, T, rows_v, cols_v]
     image_mass: np.ndarray | None = None  # [L, H, T] total attention on every patch token of every image
     text_mass: np.ndarray | None = None  # [L, H, T] on everything else: text, image separators, answer tokens
-    layers: tuple[int, ...] = ()  # which decoder layers the L axis of the arrays above holds
+    layers: tuple[int, ...] = ()  # which decoder blocks the L axis of residual / writes holds
+    # which decoder blocks the L axis of image_attention / view_attention / image_mass holds: the
+    # recorded blocks whose token mixing is softmax attention (all of ``layers`` but in a hybrid
+    # model, whose linear-attention blocks have no map)
+    attention_layers: tuple[int, ...] = ()
 
     @property
     def n_steps(self) -> int:

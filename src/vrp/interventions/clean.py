@@ -91,7 +91,10 @@ def clean_pass(
             views.append(cap.grids[0].view)
             if layer is not None:
                 n_content = sum(1 for i in cap.answer_ids.tolist() if i != tok.eos_token_id)
-                pos = cap.layers.index(layer)
+                if layer not in cap.attention_layers:
+                    raise ValueError(f"block {layer} has no attention map to rank patches by (blocks with maps: "
+                                     f"{list(adapter.attention_blocks())})")  # fmt: skip
+                pos = cap.attention_layers.index(layer)
                 att = cap.image_attention[0][pos]  # [H, T, rows, cols]
                 maps.append(aggregate_map(att, structural.answer_steps(n_content, att.shape[1]), aggregation))
             if unit_stats:

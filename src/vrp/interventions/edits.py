@@ -71,7 +71,7 @@ def bypass(adapter, site: str) -> Iterator[None]:
 
 def head_dim(adapter) -> int:
     """Width of one attention head at the output projection's input (``attn_z``)."""
-    o_proj = adapter.layer_module(0, "o_proj")
+    o_proj = adapter.layer_module(adapter.attention_blocks()[0], "o_proj")
     return o_proj.in_features // int(adapter.text_config.num_attention_heads)
 
 
@@ -80,6 +80,10 @@ def ablate_heads(adapter, layer: int, heads: Sequence[int]) -> Iterator[None]:
     """Zero attention heads ``heads`` of block ``layer`` in ``blocks.{layer}.attn_z``, before the
     output projection mixes them (so the heads write nothing to the residual stream)."""
     site = parse(block_site(layer, "attn_z"), adapter.n_blocks).name
+    if parse(site, adapter.n_blocks).layer not in adapter.attention_blocks():
+        raise ValueError(
+            f"block {layer} has no softmax attention heads (blocks with heads: {list(adapter.attention_blocks())})"
+        )
     n_heads = int(adapter.text_config.num_attention_heads)
     bad = [h for h in heads if not 0 <= h < n_heads]
     if bad:

@@ -44,6 +44,22 @@ def register(cls: type[ModelAdapter]) -> type[ModelAdapter]:
     return cls
 
 
+# Model types vrp knows and refuses, with the reason (a clear error, before any loading).
+REFUSED: dict[str, str] = {
+    "mllama": (
+        "Llama 3.2 Vision (mllama) shows the image to the language model only through cross-attention "
+        "layers over the vision tower's tile features: the prompt holds one <|image|> token, not image "
+        "tokens, so there is no self-attention over image patches, which is what vrp's attention signals, "
+        "maps and patch masking read. Capturing the cross-attention rows over each tile's patch grid is "
+        "not built."
+    ),
+    "internvl_chat": (
+        "this is InternVL's original remote-code checkpoint format; use the transformers-native '-hf' "
+        "conversion (model_type 'internvl'), e.g. OpenGVLab/InternVL3-1B-hf"
+    ),
+}
+
+
 def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -53,8 +69,10 @@ def adapter_for(model_type: str) -> type[ModelAdapter]:
     try:
         return _REGISTRY[model_type]
     except KeyError:
+        why = f" ({REFUSED[model_type]})" if model_type in REFUSED else ""
         raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported model types: {', '.join(supported_model_types())}"
+            f"model_type {model_type!r} is not supported{why}; supported model types: "
+            f"{', '.join(supported_model_types())}"
         ) from None
 
 
@@ -158,6 +176,16 @@ class ModelAdapter:
     def n_blocks(self) -> int:
         """Number of decoder blocks of the language model."""
         return len(self.decoder_layers())
+
+    # Whether sampling may continue from the greedy pass's key/value cache cut back to the
+    # prompt (not where a block keeps a recurrent state, which cannot be cut back).
+    continues_from_cache: ClassVar[bool] = True
+
+    def attention_blocks(self) -> tuple[int, ...]:
+        """The decoder blocks whose token mixing is softmax self-attention over the prompt, so
+        that they have attention maps (default: every block; a hybrid model's linear-attention
+        blocks have none)."""
+        return tuple(range(self.n_blocks))
 
     # Sub-modules of one decoder block (relative dotted paths), shared by the three families.
     # The named sites of vrp.models.sites are read and written on these modules.

@@ -30,7 +30,8 @@ def resolve_layer(layer: int | None, meta: dict) -> tuple[int | None, int | None
     Raises:
         ValueError: ``layer`` is not a stored decoder block.
     """
-    stored = list(meta.get("stored_layers", []))
+    # the stored blocks with maps (runs before hybrid models: every stored block)
+    stored = list(meta.get("attention_layers", meta.get("stored_layers", [])))
     n_layers = meta.get("n_layers")
     if not stored:
         return None, None

@@ -110,7 +110,7 @@ def curve(run: RunData, key: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def shard_meta(run: RunData) -> dict:
-    """``{"n_layers", "stored_layers"}`` of the run's first shard ({} when there is none)."""
+    """``{"n_layers", "stored_layers", "attention_layers"}`` of the run's first shard ({} when there is none)."""
     from safetensors import safe_open
 
     done = storage.completed(run.run_dir)

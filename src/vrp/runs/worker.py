@@ -42,6 +42,9 @@ class BatchWorker:
         self.cfg = cfg
         self.n_layers = adapter.n_blocks
         self.stored = cfg.stored_layers(self.n_layers)
+        # the stored blocks that have attention maps (all of them but in a hybrid model)
+        with_attention = set(adapter.attention_blocks())
+        self.stored_attention = [b for b in self.stored if b in with_attention]
         self.trace_cfg = cfg.trace_config()
 
     # ---- one batch ------------------------------------------------------------------
@@ -64,7 +67,7 @@ class BatchWorker:
             table=pa.Table.from_pylist(rows, schema=items_schema()),
             tensors=_stack(arrays),
             failures=failures,
-            meta={"stored_layers": self.stored, "n_layers": self.n_layers},
+            meta={"stored_layers": self.stored, "n_layers": self.n_layers, "attention_layers": self.stored_attention},
         )
 
     def _measure(self, items: list[Item], images: list, failures: list[dict]) -> list[tuple[dict, dict]]:
@@ -105,12 +108,13 @@ class BatchWorker:
                 "meta": json.dumps(it.meta, sort_keys=True), "samples": list(t.samples), **result.values,
             }  # fmt: skip
             arrays = {f"curve.{name}": curve for name, curve in result.curves.items()}
-            if self.cfg.store_attention != "none" and self.stored:
+            if self.cfg.store_attention != "none" and self.stored_attention:
                 # "heads": raw attention per head (mean over answer steps, not renormalized, so a
                 # head's image mass is kept); "mean": the renormalized head-averaged map p_l
                 att = t.capture.image_attention[0]  # [L, H, T, rows, cols]: the item's (first) image
                 sel = att[:, :, : t.steps].mean(axis=2) if self.cfg.store_attention == "heads" else t.attention_maps()
-                arrays["attention"] = sel[self.stored].astype(np.float32)
+                at = [t.capture.attention_layers.index(b) for b in self.stored_attention]
+                arrays["attention"] = sel[at].astype(np.float32)
                 # the pixel box of the original image that the map's grid spans (the report's overlay)
                 arrays["view_box"] = np.asarray(t.capture.grids[0].view.box, dtype=np.float32)
             if self.cfg.store_residuals:

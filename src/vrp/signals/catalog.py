@@ -49,10 +49,22 @@ class Context:
 
     def curve(self, name: str) -> np.ndarray | None:
         """The values of curve ``name`` (computed once, in the curve's compute precision; None
-        when the item lacks what it reads)."""
+        when the item lacks what it reads). Structural curves of a model whose blocks do not all
+        have attention are NaN at the blocks without (absent, not filled in)."""
         if name not in self._curves:
-            self._curves[name] = CURVE_BY_NAME[name].compute(self)
+            c = CURVE_BY_NAME[name]
+            v = c.compute(self)
+            if v is not None and c.family == "structural" and self.x.attention_blocks is not None:
+                full = np.full(self.x.n_blocks, np.nan)
+                full[list(self.x.attention_blocks)] = v
+                v = full
+            self._curves[name] = v
         return self._curves[name]
+
+    @cached_property
+    def entropy(self) -> np.ndarray:
+        """Spatial entropy of each map ``p_l`` (over the blocks with attention)."""
+        return structural.spatial_entropy(self.maps)
 
     @cached_property
     def steps(self) -> int:
@@ -158,12 +170,12 @@ def _lens_top(ctx: Context) -> np.ndarray | None:
 _S, _M = "structural", "mechanistic"
 CURVES: tuple[Curve, ...] = (
     # structural: over the maps p_l, one value per decoder block
-    Curve("attn_entropy", _S, "block", "nats", "lower", "spatial entropy H_s of p_l",
-          lambda c: structural.spatial_entropy(c.maps)),
+    Curve("attn_entropy", _S, "block", "nats", "lower", "spatial entropy H_s of p_l", lambda c: c.entropy),
     Curve("attn_entropy_norm", _S, "block", "fraction", "lower", "H_s / log(grid patches)",
           lambda c: structural.normalized_entropy(c.maps)),
-    Curve("attn_entropy_delta", _S, "block", "nats", "none", "H_s(l) - H_s(l - 1), NaN at block 0",
-          lambda c: structural.entropy_delta(c.curve("attn_entropy"))),
+    Curve("attn_entropy_delta", _S, "block", "nats", "none",
+          "H_s(l) - H_s(l - 1) (previous block with attention), NaN at the first",
+          lambda c: structural.entropy_delta(c.entropy)),
     Curve("attn_secondary", _S, "block", "count", "lower", "C_k - 1: extra 4-connected blobs of the top-rho set",
           lambda c: np.array([structural.component_count(k) - 1 for k in c.masks], dtype=np.float64)),
     Curve("attn_dbscan_secondary", _S, "block", "count", "lower",
@@ -199,8 +211,14 @@ CURVE_BY_NAME: dict[str, Curve] = {c.name: c for c in CURVES}
 
 
 def _last(curve: str) -> Callable[[Context], float]:
-    """The curve's value at the last layer."""
-    return lambda ctx: float(np.asarray(ctx.curve(curve), dtype=np.float64)[-1])
+    """The curve's value at the last block (the last block with attention for structural curves)."""
+    structural_curve = CURVE_BY_NAME[curve].family == "structural"
+
+    def compute(ctx: Context) -> float:
+        at = ctx.x.last_attention_block if structural_curve else -1
+        return float(np.asarray(ctx.curve(curve), dtype=np.float64)[at])
+
+    return compute
 
 
 def _mean(curve: str) -> Callable[[Context], float]:

@@ -48,6 +48,11 @@ class SignalInputs:
         rho: attention mass (rule "mass") or patch fraction (rule "patches") of the top-rho
             set behind the component counts.
         rho_rule: "mass" or "patches" (see :func:`vrp.signals.structural.top_mass_mask`).
+        attention_blocks: the decoder blocks the first axis of ``image_attention`` and
+            ``image_mass`` holds, when not every block has attention (a hybrid model's
+            linear-attention blocks have no map); None: every block. The structural curves are
+            then NaN at the other blocks, and their last-layer signals read the last block with
+            attention.
     """
 
     task: str
@@ -67,6 +72,7 @@ class SignalInputs:
     samples: tuple[str, ...] | None = None
     rho: float = TraceConfig.rho
     rho_rule: str = TraceConfig.rho_rule
+    attention_blocks: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         a = np.asarray(self.image_attention)
@@ -74,9 +80,21 @@ class SignalInputs:
             raise ValueError(f"image_attention must be [L, H, T, rows, cols], got shape {a.shape}")
         if np.asarray(self.image_mass).shape != a.shape[:3]:
             raise ValueError(f"image_mass must be [L, H, T] = {a.shape[:3]}, got {np.asarray(self.image_mass).shape}")
+        if self.attention_blocks is not None and len(self.attention_blocks) != a.shape[0]:
+            raise ValueError(
+                f"attention_blocks names {len(self.attention_blocks)} blocks, image_attention holds {a.shape[0]}"
+            )
         if (self.ref_logits is None) != (self.rival_logits is None):
             raise ValueError("ref_logits and rival_logits come together (both or neither)")
 
     @property
     def n_blocks(self) -> int:
+        """Decoder blocks of the model (L)."""
+        if self.attn_write is not None:
+            return int(np.asarray(self.attn_write).shape[0])
         return int(np.asarray(self.image_attention).shape[0])
+
+    @property
+    def last_attention_block(self) -> int:
+        """The last block with an attention map (the "last layer" of structural signals)."""
+        return -1 if self.attention_blocks is None else self.attention_blocks[-1]

@@ -90,15 +90,32 @@ class Trace:
 
     # ---- reading the record ------------------------------------------------------------------
 
-    def _block_position(self, block: int) -> int:
+    def _block(self, block: int) -> int:
+        """``block`` (negative from the end) as a block index of the model."""
         n = self.model.n_blocks
         b = as_index(block, "block")
         if not -n <= b < n:
             raise ValueError(f"block must be in [-{n}, {n - 1}] (the model's decoder blocks), got {block!r}")
-        b %= n
+        return b % n
+
+    def _block_position(self, block: int) -> int:
+        """The position of ``block`` on the recorded residual / writes axis."""
+        b = self._block(block)
         if b not in self.capture.layers:
             raise ValueError(f"block {b} was not recorded (traced with layers={self.config.layers})")
         return self.capture.layers.index(b)
+
+    def _attention_position(self, block: int) -> int:
+        """The position of ``block`` on the recorded attention axis."""
+        b = self._block(block)
+        if b not in self.capture.attention_layers:
+            if b in self.capture.layers and b not in self.model.attention_blocks():
+                raise ValueError(
+                    f"block {b} has no attention map: its token mixing is not softmax attention "
+                    f"(blocks with maps: {list(self.model.attention_blocks())})"
+                )
+            raise ValueError(f"block {b}'s attention was not recorded (traced with layers={self.config.layers})")
+        return self.capture.attention_layers.index(b)
 
     def _stream_position(self, layer: int | str) -> int:
         index = residual_index(layer, self.model.n_blocks)
@@ -142,7 +159,7 @@ class Trace:
         if not 0 <= image < len(cap.view_attention):
             raise ValueError(f"image must be in [0, {len(cap.view_attention) - 1}], got {image}")
         k = cap.grids[image].find(view)
-        a = cap.view_attention[image][k][self._block_position(block)]  # [H, T, rows, cols]
+        a = cap.view_attention[image][k][self._attention_position(block)]  # [H, T, rows, cols]
         a = a[:, : self.steps].mean(axis=1) if step is None else a[:, self._check_step(step)]  # [H, rows, cols]
         if head is None:
             a = a.mean(axis=0)
@@ -158,7 +175,7 @@ class Trace:
     def attention_maps(self) -> np.ndarray:
         """``[L, rows, cols]``: the maps ``p_l`` the structural signals read (mean over heads and
         the answer's tokens, renormalized to sum to 1 over the first image's patches), over the
-        recorded blocks."""
+        recorded blocks with attention (``capture.attention_layers``)."""
         if self._complete():
             return self._context().maps  # computed once, shared with the signals
         return layer_maps(self.capture.image_attention[0], steps=self.steps)
@@ -207,6 +224,7 @@ class Trace:
         cap = self.capture
         return (
             cap.layers == tuple(range(self.model.n_blocks))
+            and cap.attention_layers == tuple(self.model.attention_blocks())
             and bool(cap.image_attention)
             and cap.residual is not None
             and cap.attn_write is not None
@@ -244,6 +262,7 @@ class Trace:
             attn_write=cap.attn_write[0], mlp_write=cap.mlp_write[0],
             samples=None if self.sampled is None else self.sampled.texts,
             rho=self.config.rho, rho_rule=self.config.rho_rule,
+            attention_blocks=None if cap.attention_layers == cap.layers else cap.attention_layers,
         )  # fmt: skip
         return self._cache["inputs"]
 
@@ -278,7 +297,7 @@ def trace_batch(model: Any, items: Sequence[Item], images: Sequence[Any], config
     prompts = [model.prompt(it.question) for it in items]
     cap_cfg = CaptureConfig(layers=config.layers, dtype=config.record_dtype, max_new_tokens=config.max_new_tokens)
     sampled: list[SampledAnswers | None] = [None] * len(items)
-    if config.samples:
+    if config.samples and model.continues_from_cache:
         # the K samples continue from the greedy pass's cached prompt (no second prefill)
         caps, prefix = capture_with_prefix(model, images, prompts, cap_cfg)
         sampled = sample_answers(
@@ -288,6 +307,11 @@ def trace_batch(model: Any, items: Sequence[Item], images: Sequence[Any], config
         del prefix
     else:
         caps = capture_generate(model, images, prompts, cap_cfg)
+        if config.samples:  # a recurrent state cannot be cut back to the prompt: sample from scratch
+            sampled = sample_answers(
+                model, images, prompts, [item_seed(config.seed, it.id) for it in items], k=config.samples,
+                temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+            )  # fmt: skip
     out = []
     for it, im, cap, s in zip(items, images, caps, sampled, strict=True):
         text = decode_answer(model.tokenizer, cap.answer_ids)

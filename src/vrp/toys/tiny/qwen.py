@@ -111,7 +111,63 @@ def zero_vision_mixing(model) -> None:
         raise RuntimeError("no vision attention projection found")
 
 
+def _qwen3_5_tokenizer():
+    """A real ``Qwen3_5Tokenizer``: transformers rebuilds Qwen3.5's byte-level BPE from its vocab
+    and merges whatever class a checkpoint names, so the tiny model gets a byte-level BPE
+    trained here (offline, in milliseconds) on ShapesWorld's words."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX, Qwen3_5Tokenizer
+
+    from vrp.toys.build import NEWLINE_TOKEN, world_vocab
+
+    words = [w for w in world_vocab() if w != NEWLINE_TOKEN]
+    specials = ["<|endoftext|>", "<|im_end|>", *QWEN_SPECIALS]
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    bpe.train_from_iterator([" ".join(words)] * 3 + words + ["\n"], trainer=trainer)
+    merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    tok = Qwen3_5Tokenizer(vocab=bpe.get_vocab(), merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": specials[2:]})
+    return tok
+
+
+def build_qwen3_5(seed: int = 0):
+    """Qwen3.5: a hybrid language model (Gated DeltaNet linear-attention blocks and softmax
+    attention blocks; here blocks 0-2 linear, block 3 softmax) behind Qwen3-VL's vision tower."""
+    from transformers import AutoModelForImageTextToText, Qwen3_5Config, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    tok = _qwen3_5_tokenizer()
+    ip = _image_processor(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    vp = Qwen3VLVideoProcessor(size=ip.size, patch_size=PATCH, merge_size=MERGE, temporal_patch_size=2)
+    proc = Qwen3VLProcessor(image_processor=ip, tokenizer=tok, video_processor=vp, chat_template=QWEN_TEMPLATE)
+    text = text_config(
+        tok,
+        rope_parameters={**MROPE, "mrope_interleaved": True, "partial_rotary_factor": 1.0},
+        layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+        linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    )  # fmt: skip
+    config = Qwen3_5Config(
+        text_config=text,
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=PATCH,
+                           spatial_merge_size=MERGE, temporal_patch_size=2, out_hidden_size=128,
+                           num_position_embeddings=256),
+        **_ids(tok, proc),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return AutoModelForImageTextToText.from_config(config), proc
+
+
 FAMILIES = {
     "qwen2_5_vl": TinyFamily(build_qwen2_5_vl, zero_vision_mixing, SIZES),
     "qwen3_vl": TinyFamily(build_qwen3_vl, zero_vision_mixing, SIZES),
+    "qwen3_5": TinyFamily(build_qwen3_5, zero_vision_mixing, SIZES),
 }
