@@ -143,3 +143,23 @@ def test_inputs_are_checked():
         _inputs(np.ones((2, 3, 3)), image_attention=np.ones((2, 3, 3)))
     with pytest.raises(ValueError, match="both or neither"):
         _inputs(np.ones((2, 3, 3)) / 9, ref_logits=None)
+
+
+def test_a_hybrid_models_structural_curves_are_absent_where_blocks_have_no_attention(maps):
+    """Blocks 1 and 3 of 4 have softmax attention (maps); 0 and 2 are linear attention: their
+    curve values are NaN (absent), the last-layer signals read block 3, the means blocks 1 and 3."""
+    two = maps[:2]
+    res = compute(_inputs(two, attention_blocks=(1, 3), attn_write=np.tile([[1.0, 5.0]], (4, 1)),
+                          mlp_write=np.tile([[3.0, -5.0]], (4, 1)), image_mass=np.full((2, 1, 1), 0.4, np.float32),
+                          ref_logits=np.arange(5, dtype=np.float32)[:, None] - 1.5,
+                          rival_logits=np.zeros(5, dtype=np.float32), lens_top_ids=np.arange(5)))  # fmt: skip
+    h = [scipy_entropy(m.ravel()) for m in two]
+    ent = res.curves["attn_entropy"]
+    assert ent.shape == (4,) and np.isnan(ent[[0, 2]]).all()
+    np.testing.assert_allclose(ent[[1, 3]], h, rtol=1e-6)
+    assert res.values["attn_entropy"] == pytest.approx(h[1], rel=1e-9)
+    assert res.values["attn_entropy_mean"] == pytest.approx(np.mean(h), rel=1e-9)
+    assert res.values["attn_entropy_delta"] == pytest.approx(h[1] - h[0], rel=1e-9)  # between blocks 1 and 3
+    assert res.curves["attn_contrib"].shape == (4,) and not np.isnan(res.curves["attn_contrib"]).any()
+    with pytest.raises(ValueError, match="attention_blocks names"):
+        _inputs(two, attention_blocks=(3,))
