@@ -21,11 +21,9 @@ QUESTIONS = ["Is there a red circle in the image?", "How many objects are in the
 def _adapter(model_type: str, seed: int = 3, sharpen: bool = True):
     model, processor = build_tiny(model_type, seed)
     if sharpen:  # random init attends almost uniformly: sharpen it so that a wrong column cannot hide
-        with torch.no_grad():
-            for block in model.get_submodule(adapter_for(model.config.model_type).module_paths["decoder_layers"]):
-                for name in ("q_proj", "k_proj"):
-                    if hasattr(block, "self_attn"):  # (a hybrid's linear-attention blocks have none)
-                        getattr(block.self_attn, name).weight.mul_(4.0)
+        for block in model.get_submodule(adapter_for(model.config.model_type).module_paths["decoder_layers"]):
+            if hasattr(block, "self_attn"):  # (a hybrid's linear-attention blocks have none)
+                block.self_attn.scaling *= 4.0  # the score scale eager and vrp_capture both use
     return adapter_for(model.config.model_type)(model=model, processor=processor, path=model_type)
 
 

@@ -178,13 +178,6 @@ def test_a_token_count_that_does_not_match_the_grid_is_an_error():
         ad.image_grids(enc, [image.size])
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason="capture engine: at a decode step a sliding-window block's cache holds only the last `window` keys, "
-    "so its row is shorter than the prompt and _prompt_rows cannot stack it (fix: right-align such rows, the "
-    "dropped keys being exactly the ones the mask hides)",
-)
 def test_decode_steps_where_the_cache_dropped_keys_outside_the_window():
     ad = _adapter()
     image, prompt = _image(), ad.prompt(QUESTION)

@@ -25,8 +25,19 @@ EXPECTED_CLASSES = {
 }
 
 
-def test_registry_lists_the_three_families():
-    assert supported_model_types() == ["llava", "paligemma", "qwen2_vl"]
+def test_registry_lists_every_family():
+    assert supported_model_types() == sorted([
+        "gemma3", "idefics3", "internvl", "llava", "llava_next", "llava_onevision", "mistral3", "paligemma",
+        "qwen2_5_vl", "qwen2_vl", "qwen3_5", "qwen3_vl", "smolvlm",
+    ])  # fmt: skip
+
+
+def test_mllama_is_refused_with_the_reason_before_loading(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mllama"}))
+    (tmp_path / "model.safetensors").write_bytes(b"not even weights")  # never read
+    with pytest.raises(UnsupportedModelError, match="cross-attention") as e:
+        load_adapter(str(tmp_path))
+    assert "supported model types: gemma3" in str(e.value)
 
 
 def test_unknown_model_type_error_names_supported(tmp_path):

@@ -104,7 +104,7 @@ def test_bad_model_is_a_clear_error(tmp_path, model_arg, needle):
     if model_arg == "__unsupported__":
         d = tmp_path / "m"
         d.mkdir()
-        (d / "config.json").write_text(json.dumps({"model_type": "idefics3"}))
+        (d / "config.json").write_text(json.dumps({"model_type": "blip-2"}))
         model_arg = str(d)
     res = _run("--model", model_arg, "--data", "shapesworld:2", "--out", str(tmp_path / "run"))
     assert res.exit_code == 2
@@ -117,3 +117,12 @@ def test_data_in_no_format_is_a_clear_error(random_toy_dirs, tmp_path):
     res = _run("--model", random_toy_dirs["llava"], "--data", str(bad), "--out", str(tmp_path / "run"))
     assert res.exit_code == 2 and "not in any supported format" in res.output
     shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+
+def test_a_supported_family_with_missing_files_is_a_clear_error(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))  # no processor, no weights
+    res = _run("--model", str(d), "--data", "shapesworld:2", "--out", str(tmp_path / "run"))
+    assert res.exit_code == 2, res.output
+    assert "cannot load the qwen2_5_vl model" in res.output and "Traceback" not in res.output

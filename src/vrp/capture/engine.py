@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vrp.capture.attention import IMPL_NAME, AttentionRecorder, recording, register
-from vrp.capture.records import ItemCapture
+from vrp.capture.records import ItemCapture, answer_end
 from vrp.config import DTYPES, Config, TraceConfig
 from vrp.models.grids import ImageGrid
 from vrp.models.sites import block_site, hooks
@@ -137,9 +137,10 @@ def capture_generate(adapter, images: list, prompts: list[str], cfg: CaptureConf
 
 def capture_with_prefix(
     adapter, images: list, prompts: list[str], cfg: CaptureConfig | None = None
-) -> tuple[list[ItemCapture], PromptPrefix]:
+) -> tuple[list[ItemCapture], PromptPrefix | None]:
     """:func:`capture_generate`, and the processed prompt (:class:`PromptPrefix`) so that
-    sampling can continue from it without a second prefill."""
+    sampling can continue from it without a second prefill (None where the cache cannot be cut
+    back to the prompt: a sliding window that the prompt and answer outgrew)."""
     return _capture(adapter, images, prompts, cfg or CaptureConfig(), keep_prefix=True)
 
 
@@ -176,11 +177,16 @@ def _capture(adapter, images: list, prompts: list[str], cfg: CaptureConfig, keep
         )
     if cfg.attention and att_keep and not recorder.rows:
         _eager_fallback(model, enc, cfg, att_keep, tuple(sorted(with_attention)), recorder, tok.pad_token_id)
-    records = _assemble(enc, out, grids, taps, recorder, keep, att_keep, cfg, tok.eos_token_id)
+    records = _assemble(enc, out, grids, taps, recorder, keep, att_keep, cfg, adapter.stop_token_ids)
     if not keep_prefix:
         return records, None
     cache = out.past_key_values
-    cache.crop(-(cache.get_seq_length() - (enc["input_ids"].shape[1] - 1)))
+    try:
+        cache.crop(-(cache.get_seq_length() - (enc["input_ids"].shape[1] - 1)))
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        # a sliding-window (or recurrent) layer has dropped the prompt's start: it cannot be cut back
+        log.debug("the cache cannot be cut back to the prompt (%s): sampling will re-run the prompt", e)
+        return records, None
     return records, PromptPrefix(enc["input_ids"], enc["attention_mask"], cache, adapter.generation_state())
 
 
@@ -213,7 +219,7 @@ def _eager_fallback(
 
 
 def _assemble(
-    enc, out, grids, taps: _Taps, recorder: AttentionRecorder, keep, att_keep, cfg: CaptureConfig, eos_id: int
+    enc, out, grids, taps: _Taps, recorder: AttentionRecorder, keep, att_keep, cfg: CaptureConfig, stops: frozenset[int]
 ) -> list[ItemCapture]:
     input_len = enc["input_ids"].shape[1]
     gen = out.sequences[:, input_len:].cpu().numpy()  # [B, steps]
@@ -239,7 +245,7 @@ def _assemble(
     records = []
     for b in range(gen.shape[0]):
         ids = gen[b].tolist()
-        T = ids.index(eos_id) + 1 if eos_id in ids else len(ids)
+        T = min(answer_end(ids, stops) + 1, len(ids))  # up to and including the first stop token
         rec = ItemCapture(
             prompt_len=input_len - pads[b],
             answer_ids=np.asarray(ids[:T], dtype=np.int64),
@@ -273,8 +279,20 @@ def _prompt_rows(recorder: AttentionRecorder, keep, n_calls: int, prompt_len: in
                 f"attention of layer {i} was not captured ({len(calls)} of {n_calls} steps): "
                 "the model did not route its language attention through the vrp_capture function"
             )
-        per_layer.append(torch.stack([c[:, :, :prompt_len] for c in calls[:n_calls]], dim=2))
+        rows = [_prompt_keys(c, prompt_len + j, prompt_len) for j, c in enumerate(calls[:n_calls])]
+        per_layer.append(torch.stack(rows, dim=2))
     return torch.stack(per_layer).float().cpu()
+
+
+def _prompt_keys(row: torch.Tensor, n_keys: int, prompt_len: int) -> torch.Tensor:
+    """The prompt's keys ``[B, H, prompt_len]`` of one call's rows ``[B, H, keys]``, where the call
+    attended over ``n_keys`` positions. A sliding-window layer's cache keeps only the last
+    ``window`` keys: the keys it dropped are the ones its mask hides, so they come back as exact
+    zeros on the left."""
+    missing = n_keys - row.shape[-1]
+    if missing > 0:
+        row = torch.nn.functional.pad(row, (missing, 0))
+    return row[:, :, :prompt_len]
 
 
 def _attach_attention(rec: ItemCapture, rows: torch.Tensor, b: int, T: int, grids: list[ImageGrid]) -> None:

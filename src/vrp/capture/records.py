@@ -53,11 +53,16 @@ class ItemCapture:
         return len(self.answer_ids)
 
 
-def decode_answer(tokenizer, ids) -> str:
-    """The answer text of generated token ids, as every part of vrp reports it: cut after the
-    first EOS, EOS dropped, special tokens skipped, whitespace stripped."""
+def answer_end(ids, stop_ids) -> int:
+    """The number of answer tokens before the first stop token (all of them if none)."""
     ids = [int(i) for i in ids]
-    eos = tokenizer.eos_token_id
-    if eos in ids:
-        ids = ids[: ids.index(eos)]
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return next((k for k, t in enumerate(ids) if t in stop_ids), len(ids))
+
+
+def decode_answer(tokenizer, ids, stop_ids=None) -> str:
+    """The answer text of generated token ids, as every part of vrp reports it: cut at the
+    first stop token (``ModelAdapter.stop_token_ids``; default the tokenizer's EOS), special
+    tokens skipped, whitespace stripped."""
+    ids = [int(i) for i in ids]
+    stops = {tokenizer.eos_token_id} if stop_ids is None else stop_ids
+    return tokenizer.decode(ids[: answer_end(ids, stops)], skip_special_tokens=True).strip()

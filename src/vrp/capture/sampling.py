@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+from vrp.capture.records import answer_end
 from vrp.config import TraceConfig
 
 
@@ -103,13 +104,6 @@ class _RowSampler(LogitsProcessor):
         return out
 
 
-def _eos_ids(model, tok) -> list[int]:
-    """Every token id that ends a row: the tokenizer's EOS and the generation config's."""
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    return sorted({int(i) for i in ids} | ({tok.eos_token_id} if tok.eos_token_id is not None else set()))
-
-
 def _check_emitted(gen: torch.Tensor, draws: list[torch.Tensor], eos_ids: list[int]) -> None:
     """Every token emitted up to a row's first EOS must be the token the row sampler drew."""
     if len(draws) < gen.shape[1]:
@@ -126,11 +120,9 @@ def _check_emitted(gen: torch.Tensor, draws: list[torch.Tensor], eos_ids: list[i
         )
 
 
-def _decode(tok, ids: list[int]) -> tuple[str, tuple[int, ...]]:
-    # The run's rule for greedy answers: cut at EOS, drop pads, skip special tokens, strip.
-    if tok.eos_token_id in ids:
-        ids = ids[: ids.index(tok.eos_token_id)]
-    ids = [i for i in ids if i != tok.pad_token_id]
+def _decode(tok, ids: list[int], stops: frozenset[int]) -> tuple[str, tuple[int, ...]]:
+    # The run's rule for greedy answers: cut at the first stop token, drop pads, skip special tokens, strip.
+    ids = [i for i in ids[: answer_end(ids, stops)] if i != tok.pad_token_id]
     return tok.decode(ids, skip_special_tokens=True).strip(), tuple(ids)
 
 
@@ -208,10 +200,11 @@ def sample_answers(
             pad_token_id=tok.pad_token_id,
         )
     gen = out[:, enc["input_ids"].shape[1] :]  # [B * k, steps], item-major
-    _check_emitted(gen, sampler.draws, _eos_ids(model, tok))
+    stops = adapter.stop_token_ids
+    _check_emitted(gen, sampler.draws, sorted(stops))
     new = gen.tolist()
     results = []
     for b in range(len(prompts)):
-        decoded = [_decode(tok, new[b * k + j]) for j in range(k)]
+        decoded = [_decode(tok, new[b * k + j], stops) for j in range(k)]
         results.append(SampledAnswers(texts=tuple(t for t, _ in decoded), token_ids=tuple(i for _, i in decoded)))
     return results

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vrp.capture.records import answer_end
 from vrp.data.items import Item
 from vrp.interventions.runner import Answers, iter_batches, score
 from vrp.models.grids import View
@@ -78,7 +79,6 @@ def clean_pass(
         attention=layer is not None, residuals=unit_stats, writes=unit_stats, dtype="float32",
         max_new_tokens=max_new_tokens,
     )  # fmt: skip
-    tok = adapter.tokenizer
     texts, correct, margin, views, maps = [], [], [], [], []
     sums = None
     for batch in iter_batches(adapter, items, batch_size):
@@ -90,7 +90,7 @@ def clean_pass(
             margin.append(m)
             views.append(cap.grids[0].view)
             if layer is not None:
-                n_content = sum(1 for i in cap.answer_ids.tolist() if i != tok.eos_token_id)
+                n_content = answer_end(cap.answer_ids, adapter.stop_token_ids)
                 if layer not in cap.attention_layers:
                     raise ValueError(f"block {layer} has no attention map to rank patches by (blocks with maps: "
                                      f"{list(adapter.attention_blocks())})")  # fmt: skip

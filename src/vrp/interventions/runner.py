@@ -103,7 +103,7 @@ def score(adapter, item: Item, cap) -> tuple[str, bool, float]:
     """One captured answer -> (text, correct, truth margin at the first answer step)."""
     from vrp.capture.lens import reference_ids
 
-    text = decode_answer(adapter.tokenizer, cap.answer_ids)
+    text = decode_answer(adapter.tokenizer, cap.answer_ids, adapter.stop_token_ids)
     margin = margin_of(cap.logprobs[0], reference_ids(adapter.tokenizer, item.answers))
     return text, is_correct(score_generic(item.task, text, item.answers)), margin
 

@@ -1,6 +1,7 @@
 """Model adapters, one per family, and their explicit registry."""
 
-from vrp.models import llava, paligemma, qwen2_5_vl, qwen2vl, qwen3_vl  # noqa: F401  (registers the adapters)
+from importlib import import_module
+
 from vrp.models.base import (
     ModelAdapter,
     NotAModelError,
@@ -10,6 +11,25 @@ from vrp.models.base import (
     supported_model_types,
 )
 from vrp.models.loading import load_adapter, resolve_model_path
+
+# One module per family; importing it registers its adapter (explicitly, here, in this order).
+FAMILY_MODULES = (
+    "llava",
+    "paligemma",
+    "qwen2vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "qwen3_5",
+    "gemma3",
+    "mistral3",
+    "llava_next",
+    "llava_onevision",
+    "idefics3",
+    "smolvlm",
+    "internvl",
+)
+for _module in FAMILY_MODULES:
+    import_module(f"vrp.models.{_module}")
 
 __all__ = [
     "ModelAdapter",

@@ -111,12 +111,21 @@ class ModelAdapter:
 
     @classmethod
     def load(cls, path: str | Path, dtype: Any = None, device: str = DEVICE) -> ModelAdapter:
-        """Load model and processor with ``from_pretrained`` and check the module map."""
+        """Load model and processor with ``from_pretrained`` and check the module map.
+
+        Raises:
+            NotAModelError: the folder does not hold a loadable processor or model (a missing or
+                corrupt file: transformers' message is kept).
+        """
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(str(path))
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs).to(device).eval()
+        try:
+            processor = AutoProcessor.from_pretrained(str(path))
+            model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+        except (OSError, ValueError, KeyError) as e:
+            raise NotAModelError(f"cannot load the {cls.family} model at {path}: {type(e).__name__}: {e}") from e
+        model = model.to(device).eval()
         adapter = cls(model=model, processor=processor, path=str(path))
         adapter.check_modules()
         return adapter
@@ -142,6 +151,16 @@ class ModelAdapter:
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
+
+    @property
+    def stop_token_ids(self) -> frozenset[int]:
+        """Every token id that ends an answer: the tokenizer's EOS and the generation config's
+        (``generate`` stops at either; a chat checkpoint often ends its turns with a token the
+        tokenizer does not call EOS)."""
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        eos = self.tokenizer.eos_token_id
+        return frozenset(int(i) for i in ids) | (frozenset() if eos is None else frozenset({int(eos)}))
 
     def prompt(self, question: str) -> str:
         """The text for one image followed by one question, ready for the processor: the
@@ -302,7 +321,14 @@ class ModelAdapter:
     def encode(self, images: list, prompts: list[str], padding_side: str = "left") -> dict:
         """Processor call for a batch of (image, prompt) pairs -> model inputs (torch)."""
         self.tokenizer.padding_side = padding_side
-        return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True))
+        kwargs = self.no_second_bos(prompts)
+        return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True, **kwargs))
+
+    def no_second_bos(self, prompts: list[str]) -> dict:
+        """Tokenizer options for ``prompts``: those that already start with the BOS token (a chat
+        template that writes it, as Gemma's and Mistral's do) get no second one."""
+        bos = self.tokenizer.bos_token
+        return {"add_special_tokens": False} if bos and all(p.startswith(bos) for p in prompts) else {}
 
     def inputs(self, images: Any, questions: str | Sequence[str]) -> dict:
         """Model inputs for one (image, question) pair or for lists of them: the family's prompt

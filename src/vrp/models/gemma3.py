@@ -92,10 +92,7 @@ class Gemma3Adapter(ModelAdapter):
                 )
             it = iter(images)
             images = [[next(it) for _ in range(c)] for c in counts]
-        self.tokenizer.padding_side = padding_side
-        bos = self.tokenizer.bos_token
-        kwargs = {"add_special_tokens": False} if bos and all(p.startswith(bos) for p in prompts) else {}
-        return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True, **kwargs))
+        return super().encode(images, prompts, padding_side)
 
     def image_grids(self, enc: dict, image_sizes: Sequence[tuple[int, int]]) -> list[list[ImageGrid]]:
         cfg = self.model.config

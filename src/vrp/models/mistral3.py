@@ -35,14 +35,6 @@ class Mistral3Adapter(ModelAdapter):
         **LANGUAGE_MODULES,
     }
 
-    def encode(self, images: list, prompts: list[str], padding_side: str = "left") -> dict:
-        """The processor's output; a prompt that starts with ``<s>`` (the released chat template
-        writes it) gets no second one from the tokenizer."""
-        self.tokenizer.padding_side = padding_side
-        bos = self.tokenizer.bos_token
-        kwargs = {"add_special_tokens": False} if bos and all(p.startswith(bos) for p in prompts) else {}
-        return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True, **kwargs))
-
     @property
     def cell_size(self) -> int:
         """Pixels of the resized image per grid cell: the vision patch times the spatial merge."""

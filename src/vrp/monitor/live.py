@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from vrp.capture.records import decode_answer
+from vrp.capture.records import answer_end, decode_answer
 from vrp.data.images import as_image
 from vrp.models.sites import hooks, residual_site
 from vrp.monitor.files import MonitorError, read_monitor
@@ -247,8 +247,8 @@ class Monitor:
         gen = seq[:, enc["input_ids"].shape[1] :].tolist()
         answers = []
         for ids, pc in zip(gen, p.tolist(), strict=True):
-            ids = ids[: ids.index(tok.eos_token_id) + 1] if tok.eos_token_id in ids else ids
-            text = decode_answer(tok, ids)  # as vrp run decodes
+            ids = ids[: min(answer_end(ids, ad.stop_token_ids) + 1, len(ids))]  # up to the first stop token
+            text = decode_answer(tok, ids, ad.stop_token_ids)  # as vrp run decodes
             answers.append(Answer(text, pc, not pc >= self.threshold, self.threshold, tuple(ids)))
         return answers
 

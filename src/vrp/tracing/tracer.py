@@ -24,7 +24,7 @@ import numpy as np
 
 from vrp.capture.engine import CaptureConfig, capture_generate, capture_with_prefix
 from vrp.capture.lens import LensReadout, lens_readout, reference_ids
-from vrp.capture.records import ItemCapture, decode_answer
+from vrp.capture.records import ItemCapture, answer_end, decode_answer
 from vrp.capture.sampling import SampledAnswers, item_seed, sample_answers
 from vrp.config import ConfigError, TraceConfig
 from vrp.data.images import as_image
@@ -78,9 +78,9 @@ class Trace:
 
     @property
     def answer_tokens(self) -> tuple[int, ...]:
-        """The answer's token ids before EOS."""
-        eos = self.model.tokenizer.eos_token_id
-        return tuple(i for i in self.capture.answer_ids.tolist() if i != eos)
+        """The answer's token ids before its stop token (EOS)."""
+        ids = self.capture.answer_ids.tolist()
+        return tuple(ids[: answer_end(ids, self.model.stop_token_ids)])
 
     @property
     def steps(self) -> int:
@@ -249,7 +249,8 @@ class Trace:
         lens = self.lens()
         tok = model.tokenizer
         ids = cap.answer_ids.tolist()
-        stop = next((i for i, t in enumerate(ids) if t == tok.eos_token_id or "\n" in tok.decode([t])), len(ids))
+        stops = model.stop_token_ids
+        stop = next((i for i, t in enumerate(ids) if t in stops or "\n" in tok.decode([t])), len(ids))
         view = cap.grids[0].view  # the canonical view of the item's (first) image
         boxes = tuple(b for r in self.item.regions if (b := view.to_grid(r["box"])) is not None)
         top_ids = lens.top_ids if lens is not None else model.logit_lens(cap.residual[0]).argmax(-1).cpu().numpy()
@@ -297,24 +298,23 @@ def trace_batch(model: Any, items: Sequence[Item], images: Sequence[Any], config
     prompts = [model.prompt(it.question) for it in items]
     cap_cfg = CaptureConfig(layers=config.layers, dtype=config.record_dtype, max_new_tokens=config.max_new_tokens)
     sampled: list[SampledAnswers | None] = [None] * len(items)
+    prefix = None
     if config.samples and model.continues_from_cache:
         # the K samples continue from the greedy pass's cached prompt (no second prefill)
         caps, prefix = capture_with_prefix(model, images, prompts, cap_cfg)
+    else:
+        caps = capture_generate(model, images, prompts, cap_cfg)
+    if config.samples:
+        # without a prefix (a recurrent state or a sliding window that cannot be cut back to the
+        # prompt) the samples re-run the prompt; the draws are the same either way
         sampled = sample_answers(
             model, images, prompts, [item_seed(config.seed, it.id) for it in items], k=config.samples,
             temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, prefix=prefix,
         )  # fmt: skip
         del prefix
-    else:
-        caps = capture_generate(model, images, prompts, cap_cfg)
-        if config.samples:  # a recurrent state cannot be cut back to the prompt: sample from scratch
-            sampled = sample_answers(
-                model, images, prompts, [item_seed(config.seed, it.id) for it in items], k=config.samples,
-                temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-            )  # fmt: skip
     out = []
     for it, im, cap, s in zip(items, images, caps, sampled, strict=True):
-        text = decode_answer(model.tokenizer, cap.answer_ids)
+        text = decode_answer(model.tokenizer, cap.answer_ids, model.stop_token_ids)
         score = score_generic(it.task, text, it.answers) if it.answers else None
         correct = None if score is None else is_correct(score)
         out.append(Trace(model, it, im, cap, s, config, text, score, correct))

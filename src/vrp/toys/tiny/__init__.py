@@ -37,6 +37,14 @@ class TinyFamily:
 _BUILDERS = {
     "qwen2_5_vl": "qwen",
     "qwen3_vl": "qwen",
+    "qwen3_5": "qwen",
+    "internvl": "internvl",
+    "gemma3": "gemma3",
+    "mistral3": "mistral3",
+    "llava_next": "llava_next",
+    "llava_onevision": "llava_next",
+    "idefics3": "idefics3",
+    "smolvlm": "idefics3",
 }
 
 
