@@ -10,10 +10,13 @@ one run (this machine is shared and noisy, so only ratios are meaningful):
 
 Times are medians of calls interleaved in one process (plain, vrp, eager in turn), so drift
 of this shared machine hits all three alike; peak RSS comes from one subprocess per method. Models: the three
-shipped toys (16 image tokens) and tiny random "long context" models with >= 576 image
-tokens (LLaVA-1.5 geometry: 336 px, patch 14). Prints a table of time and peak-memory ratios.
+shipped toys (16 image tokens), tiny random "long context" models with >= 576 image tokens
+(LLaVA-1.5 geometry: 336 px, patch 14), and two newer families at their real image geometry:
+``long-llava_next`` (anyres: a 24 x 24 base view plus a stitched 2 x 2 tile grid, 2,000+ image
+tokens per image) and ``long-qwen2_5_vl`` (patch 14, 2 x 2 merge, windowed vision tower; a
+952 x 672 image gives 34 x 24 = 816 tokens). Prints a table of time and peak-memory ratios.
 
-    python bench/capture_bench.py [--items 16] [--repeats 3] [--new-tokens 8]
+    python bench/capture_bench.py [--items 16] [--repeats 3] [--new-tokens 8] [--models ...]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _models import long_context_model
+from _models import long_context_family, long_context_model
 
 WORKER = r"""
 import json, resource, sys, time, os
@@ -37,10 +40,11 @@ from vrp.capture.engine import CaptureConfig, capture_generate
 from vrp.world.dataset import generate
 from vrp.world.scene import WorldConfig, render
 
-model, method, n_items, repeats, _, new_tokens, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
+model, method, n_items, repeats, _, new_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+size = tuple(int(v) for v in sys.argv[7].split("x"))  # width x height
 ad = load_adapter(model)
 data, _ = generate(n_items, seed=5)
-images = [render(d.scene, WorldConfig()).resize((size, size)) for d in data]
+images = [render(d.scene, WorldConfig()).resize(size) for d in data]
 prompts = [ad.prompt(d.questions[0].question) for d in data]
 tok = ad.tokenizer
 
@@ -75,7 +79,9 @@ if method == "time":
     for _ in range(repeats):
         for k, f in fns.items():
             t = time.perf_counter(); f(); times[k].append(time.perf_counter() - t)
-    n_img = int((ad.encode(images[:1], prompts[:1])["input_ids"] == ad.image_token_id).sum())
+    from vrp.capture.engine import image_sizes
+    grids = ad.image_grids(ad.encode(images[:1], prompts[:1]), image_sizes(images[:1]))[0]
+    n_img = sum(len(g.patch_index) + len(g.separators) for g in grids)
     print(json.dumps({"median": {k: sorted(v)[len(v) // 2] for k, v in times.items()}, "image_tokens": n_img}))
     raise SystemExit(0)
 fn = {"plain": plain, "vrp": vrp, "eager": eager}[method]
@@ -96,16 +102,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--models", default="toy-llava,toy-paligemma,toy-qwen2vl,long-llava,long-paligemma,long-qwen2vl")
+    ap.add_argument(
+        "--models",
+        default="toy-llava,toy-paligemma,toy-qwen2vl,long-llava,long-paligemma,long-qwen2vl,long-llava_next,"
+        "long-qwen2_5_vl",
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vrp-bench-"))
     rows = []
     for name in args.models.split(","):
-        size = 48
+        size = "48x48"
         model = name
-        if name.startswith("long-"):
+        if name in ("long-llava_next", "long-qwen2_5_vl"):
+            model, (w, h) = long_context_family(tmp / name, name[5:])
+            size = f"{w}x{h}"
+        elif name.startswith("long-"):
             model = long_context_model(tmp / name, name[5:])
-            size = 336
+            size = "336x336"
         res = {}
         for method in ("time", "plain", "vrp", "eager"):
             cmd = [
@@ -118,7 +131,7 @@ def main() -> None:
                 str(args.repeats),
                 str(args.threads),
                 str(args.new_tokens),
-                str(size),
+                size,
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:

@@ -56,8 +56,13 @@ VISION = dict(
 OV_TEMPLATE = chat_template("<|im_start|>", "<|im_end|>", "<image>\n")
 
 
-def build_llava_next(seed: int = 0):
-    """(model, processor) of a tiny LLaVA-NeXT (CLIP + Llama) with random weights seeded by ``seed``."""
+def build_llava_next(seed: int = 0, tile: int = TILE, patch: int = PATCH, pinpoints: list | None = None):
+    """(model, processor) of a tiny LLaVA-NeXT (CLIP + Llama) with random weights seeded by ``seed``.
+
+    ``tile``, ``patch`` and ``pinpoints`` (height, width) set the image geometry (the benchmarks
+    use the real checkpoints': 336, 14 and llava-v1.6's pinpoints)."""
+    pinpoints = pinpoints or [[h * tile // TILE, w * tile // TILE] for h, w in NEXT_PINPOINTS]
+    vision = {**VISION, "image_size": tile, "patch_size": patch}
     from transformers import (
         AutoModelForImageTextToText,
         CLIPVisionConfig,
@@ -68,17 +73,17 @@ def build_llava_next(seed: int = 0):
 
     tok = word_tokenizer(eos="</s>", pad="<pad>", bos="<s>", add_bos=True, named={"image_token": "<image>"})
     ip = LlavaNextImageProcessor(
-        size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}, image_grid_pinpoints=NEXT_PINPOINTS
+        size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile}, image_grid_pinpoints=pinpoints
     )
     # CLIP keeps a CLS token: "default" drops it from the features, so the processor counts it
     # (num_additional_image_tokens) and then takes it off, as llava-hf's processors do.
-    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default",
+    proc = LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
                               num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE)  # fmt: skip
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(**VISION, projection_dim=64),
+        vision_config=CLIPVisionConfig(**vision, projection_dim=64),
         text_config=text_config(tok, model_type="llama"),
         image_token_id=proc.image_token_id,
-        image_grid_pinpoints=NEXT_PINPOINTS,
+        image_grid_pinpoints=pinpoints,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
         tie_word_embeddings=False,

@@ -24,12 +24,12 @@ def _tokenizer():
     return word_tokenizer(eos="<|im_end|>", pad="<|endoftext|>", specials=QWEN_SPECIALS)
 
 
-def _image_processor(cls=None, **kw):
+def _image_processor(cls=None, patch: int = PATCH, max_pixels: int = 160 * 160, **kw):
     from transformers import Qwen2VLImageProcessor
 
     cls = cls or Qwen2VLImageProcessor
-    size = {"shortest_edge": (PATCH * MERGE) ** 2, "longest_edge": 160 * 160}
-    return cls(size=size, patch_size=PATCH, merge_size=MERGE, temporal_patch_size=2, **kw)
+    size = {"shortest_edge": (patch * MERGE) ** 2, "longest_edge": max_pixels}
+    return cls(size=size, patch_size=patch, merge_size=MERGE, temporal_patch_size=2, **kw)
 
 
 def _ids(tok, processor) -> dict:
@@ -42,25 +42,27 @@ def _ids(tok, processor) -> dict:
     )
 
 
-def build_qwen2_5_vl(seed: int = 0):
+def build_qwen2_5_vl(seed: int = 0, patch: int = PATCH, max_pixels: int = 160 * 160):
+    """(model, processor) of a tiny Qwen2.5-VL; ``patch`` and ``max_pixels`` set the image geometry
+    (the benchmarks use the real checkpoints' patch 14, with the windowed tower's window 112)."""
     from transformers import AutoModelForImageTextToText, Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
 
     tok = _tokenizer()
-    vp = Qwen2VLVideoProcessor(size=_image_processor().size, patch_size=PATCH, merge_size=MERGE, temporal_patch_size=2)
-    proc = Qwen2_5_VLProcessor(image_processor=_image_processor(), tokenizer=tok, video_processor=vp,
-                               chat_template=QWEN_TEMPLATE)  # fmt: skip
+    ip = _image_processor(patch=patch, max_pixels=max_pixels)
+    vp = Qwen2VLVideoProcessor(size=ip.size, patch_size=patch, merge_size=MERGE, temporal_patch_size=2)
+    proc = Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, video_processor=vp, chat_template=QWEN_TEMPLATE)
     config = Qwen2_5_VLConfig(
         text_config=text_config(tok, rope_parameters=MROPE),
-        # a windowed vision tower, as the real one: window 24 px, block 1 with full attention
+        # a windowed vision tower, as the real one: windows of 4 x 4 patches, block 1 with full attention
         vision_config=dict(
             depth=2,
             hidden_size=64,
             intermediate_size=128,
             num_heads=4,
-            patch_size=PATCH,
+            patch_size=patch,
             spatial_merge_size=MERGE,
             temporal_patch_size=2,
-            window_size=24,
+            window_size=4 * patch,
             out_hidden_size=128,
             fullatt_block_indexes=[1],
         ),
