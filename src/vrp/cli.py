@@ -109,6 +109,8 @@ def run(
     residuals: bool = _opt(RunConfig, "store_residuals", "--residuals/--no-residuals"),
     engine: str = _opt(RunConfig, "engine"),
     workers: int = _opt(RunConfig, "workers"),
+    shard_mb: float = _opt(RunConfig, "shard_mb"),
+    shard_items: int = _opt(RunConfig, "shard_items"),
     force: bool = typer.Option(False, "--force", help="Discard what the run directory holds and start over."),
     analysis: bool = typer.Option(
         True, "--analysis/--answer-only", help="After answering: probes, predictor table and report (default)."
@@ -122,6 +124,7 @@ def run(
     from vrp.config import ConfigError
     from vrp.data.sources import DataSpecError
     from vrp.models import NotAModelError, UnsupportedModelError
+    from vrp.runs.lock import DirectoryLockedError
     from vrp.runs.pipeline import Interrupted, RunExistsError
     from vrp.runs.pipeline import run as run_pipeline
 
@@ -131,7 +134,7 @@ def run(
             max_new_tokens=max_new_tokens, device=device, dtype=dtype, world_images=world_images,
             samples=samples, temperature=temperature, top_p=top_p, rho=rho, rho_rule=rho_rule,
             store_layers=store_layers, store_attention=store_attention, store_residuals=residuals,
-            engine=engine, workers=workers,
+            engine=engine, workers=workers, shard_mb=shard_mb, shard_items=shard_items,
         )  # fmt: skip
     except ConfigError as e:
         _fail(str(e))
@@ -145,6 +148,8 @@ def run(
         try:
             manifest = run_pipeline(cfg, force=force, on_progress=on_progress)
         except (UnsupportedModelError, NotAModelError, DataSpecError, RunExistsError, FileNotFoundError) as e:
+            _fail(str(e))
+        except DirectoryLockedError as e:  # another process is writing this run directory
             _fail(str(e))
         except ConfigError as e:
             _fail(str(e))
@@ -502,8 +507,8 @@ def monitor_export(
 def _load_monitor(monitor: Path, model: str | None, device: str, threshold: float | None, force: bool):
     import torch
 
+    from vrp.config import TOY_MODELS
     from vrp.models import NotAModelError, UnsupportedModelError, load_adapter
-    from vrp.models.loading import TOY_MODELS
     from vrp.monitor import Monitor, MonitorError
 
     try:

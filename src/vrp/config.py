@@ -168,6 +168,7 @@ class Config:
 # ---- what one item is traced with ------------------------------------------------------
 
 RHO_RULES = ("mass", "patches")
+TOY_MODELS = ("toy-llava", "toy-paligemma", "toy-qwen2vl")  # the shipped toys (vrp.toys.checkpoints)
 DEVICE = "cpu"  # the default torch device of every command
 DTYPES = ("float32", "float16", "bfloat16")  # model dtypes and storage dtypes of recorded arrays
 
@@ -253,6 +254,9 @@ class RunConfig(Config):
         store_residuals: store the decision-position residual stream.
         engine: local (this process) or ray (one model replica per Ray worker).
         workers: Ray workers (engine ray only).
+        shard_mb: size in MB (1e6 bytes) up to which the per-batch shards are merged when the
+            run finishes or resumes (0 keeps one shard per batch).
+        shard_items: most items one merged shard covers.
     """
 
     model: str = "toy-llava"
@@ -275,6 +279,8 @@ class RunConfig(Config):
     store_residuals: bool = True
     engine: str = "local"
     workers: int = 2
+    shard_mb: float = 64.0
+    shard_items: int = 2048
 
     def check(self) -> None:
         self.trace_config()  # validates the fields it shares with TraceConfig
@@ -286,6 +292,8 @@ class RunConfig(Config):
              f"store_attention must be 'mean', 'heads' or 'none', got {self.store_attention!r}"),
             (self.engine in ("local", "ray"), f"engine must be 'local' or 'ray', got {self.engine!r}"),
             (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
+            (self.shard_mb >= 0, f"shard_mb must be >= 0, got {self.shard_mb}"),
+            (self.shard_items >= 1, f"shard_items must be >= 1, got {self.shard_items}"),
         )  # fmt: skip
         _parse_layers(self.store_layers)
 
@@ -312,7 +320,7 @@ class RunConfig(Config):
 
     # Fields that change how the work is spread, never what it computes: a run may be
     # resumed with different values.
-    OPERATIONAL = ("engine", "workers", "out")
+    OPERATIONAL = ("engine", "workers", "out", "shard_mb", "shard_items")
 
 
 def _parse_layers(spec: str) -> list[int] | None:

@@ -42,7 +42,7 @@ PROBE_ROWS = {
 PROBABILITIES = {"token_confidence", "geo_mean_prob", "self_consistency", *PROBE_ROWS}
 
 
-def _row(
+def signal_row(
     name: str, family: str, direction: str, doc: str, score: np.ndarray, y: np.ndarray, cfg, needs: str = ""
 ) -> dict:
     from vrp.stats.association import point_biserial
@@ -77,7 +77,7 @@ def predictor_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table
     df = pq.read_table(run_dir / "items.parquet").to_pandas()
     y = df["correct"].to_numpy().astype(np.int64)
     rows = [
-        _row(s.name, s.family, s.direction, s.doc, df[s.name].to_numpy(dtype=np.float64), y, cfg, s.needs)
+        signal_row(s.name, s.family, s.direction, s.doc, df[s.name].to_numpy(dtype=np.float64), y, cfg, s.needs)
         for s in SIGNALS
     ]
     preds_path = run_dir / "probes" / "predictions.parquet"
@@ -87,7 +87,7 @@ def predictor_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table
         y_test = df.set_index("id").loc[test.index, "correct"].to_numpy().astype(np.int64)
         for name, doc in PROBE_ROWS.items():
             if name in test:
-                rows.append(_row(name, "probe", "higher", doc, test[name].to_numpy(dtype=np.float64), y_test, cfg))
+                rows.append(signal_row(name, "probe", "higher", doc, test[name].to_numpy(dtype=np.float64), y_test, cfg))
     p = np.array([r["p"] for r in rows], dtype=np.float64)
     for method, col in (("bonferroni", "p_bonferroni"), ("bh", "p_bh")):
         for r, q in zip(rows, adjust_pvalues(p, method), strict=True):

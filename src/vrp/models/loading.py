@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vrp.config import DEVICE, DTYPES
+from vrp.config import DEVICE, DTYPES, TOY_MODELS
 from vrp.models.base import ModelAdapter, adapter_for, read_model_type
-
-TOY_MODELS = ("toy-llava", "toy-paligemma", "toy-qwen2vl")
 
 
 def shipped_checkpoint_dir() -> Path:

@@ -38,22 +38,10 @@ import numpy as np
 from vrp.report.cases import case_ids
 from vrp.report.data import RunData
 from vrp.report.sections import accuracy
+from vrp.runs.rundir import json_safe
 
 FORMAT = "vrp-summary-1"
 N_TOP = 5
-
-
-def json_safe(obj):
-    """NaN / inf -> None and numpy scalars -> Python, recursively."""
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def _versions() -> dict:

@@ -50,9 +50,12 @@ def items_schema() -> pa.Schema:
 
 
 def json_safe(obj: object) -> object:
-    """``obj`` as plain JSON values: non-finite floats (NaN, inf) as None (null), numpy scalars as Python ones."""
+    """``obj`` as plain JSON values: non-finite floats (NaN, inf) as None (null), numpy scalars as Python
+    ones, mapping keys as strings."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
     if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [json_safe(v) for v in obj]
     if isinstance(obj, float | np.floating):

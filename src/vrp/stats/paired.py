@@ -207,3 +207,43 @@ def paired_auroc_diff(
         delong_undefined=dl.undefined,
         **common,
     )
+
+
+def auroc_vs_chance(
+    scores: ArrayLike, labels: ArrayLike, n_boot: int = 10_000, level: float = 0.95, seed: int = 0
+) -> PairedResult:
+    """AUROC(scores) - 0.5: one signal against chance, in the shape of :func:`paired_auroc_diff`.
+
+    The bootstrap draws the same stratified resamples as ``auroc_ci(scores, labels, seed=seed)``
+    (so its CI shifted by 0.5 is this one); ``p_bootstrap`` inverts the percentile interval of
+    the difference and ``p_delong`` is the two-sided normal test ``z = (AUROC - 0.5) / SE`` with
+    DeLong's standard error (NaN, reason in ``delong_undefined``, when the SE is 0 or a class has
+    fewer than 2 items). ``auroc_b`` is 0.5.
+    """
+    check_level(level)
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    p = prepare([scores], labels)
+    common = dict(n_pos=p.n_pos, n_dropped=p.n_dropped, level=level, stratified=True)
+    reason = p.undefined or one_class_reason(p) or constant_reason(p)
+    if reason:
+        return PairedResult(NAN, NAN, NAN, NAN, NAN, p.n, reason, **common)
+    y = p.y
+    n_pos, n_neg = p.n_pos, p.n - p.n_pos
+    kernel = _Kernel(p.scores[0, y], p.scores[0, ~y])
+    auc = kernel.observed() / (2.0 * n_pos * n_neg)
+    boot_seq = np.random.SeedSequence(seed).spawn(2)[0]  # auroc_ci's bootstrap stream
+    twice_u, pn = bootstrap_twice_u([kernel], n_pos, n_neg, n_boot, boot_seq, True)
+    d = twice_u[:, 0] / (2.0 * pn) - 0.5  # [B]
+    lo, hi = percentile_ci(d, level)
+    why = _class_size_reason(p)
+    p_delong = NAN
+    if why is None:
+        _, cov = delong_cov(p.scores[:, y], p.scores[:, ~y])
+        se = math.sqrt(max(float(cov[0, 0]), 0.0))
+        if se > 0:
+            p_delong = float(2 * norm.sf(abs(auc - 0.5) / se))
+        else:
+            why = "DeLong's standard error is 0 (the signal separates the classes perfectly)"
+    return PairedResult(auc - 0.5, lo, hi, bootstrap_pvalue(d), p_delong, p.n, None, auroc_a=auc, auroc_b=0.5,
+                        n_boot=int(d.size), delong_undefined=why, **common)  # fmt: skip
