@@ -279,7 +279,7 @@ class RunConfig(Config):
     store_residuals: bool = True
     engine: str = "local"
     workers: int = 2
-    shard_mb: float = 64.0
+    shard_mb: float = 256.0
     shard_items: int = 2048
 
     def check(self) -> None:

@@ -33,16 +33,19 @@ def local_ray():
 def test_ray_two_workers_equals_local_and_resumes(tmp_path, local_ray):
     local, dist = tmp_path / "local", tmp_path / "ray"
     m_local = _invoke(local)
-    m_ray = _invoke(dist, "--engine", "ray", "--workers", "2")
+    # the actors commit one shard per batch (kept here: --shard-mb 0), the driver merges them
+    m_ray = _invoke(dist, "--engine", "ray", "--workers", "2", "--shard-mb", "0")
     assert m_ray["status"] == "complete" and m_ray["counts"]["batches_committed"] == m_local["counts"]["batches"] >= 4
+    assert m_ray["disk"]["shard_files"] == 2 * m_local["counts"]["batches"] and m_local["disk"]["shard_files"] == 2
     _assert_close(local, dist)
-    # lose two batches (as a crash would) and resume on Ray: the same result again
+    # lose two batches (as a crash would) and resume on Ray: the same result again, merged
     parquets = sorted((dist / "shards").glob("*.parquet"))
     for p in parquets[1:3]:
         p.unlink()
     (dist / "items.parquet").unlink()
     m_again = _invoke(dist, "--engine", "ray", "--workers", "2")
     assert m_again["counts"]["batches_committed"] == m_local["counts"]["batches"]
+    assert m_again["disk"]["shard_files"] == 2
     _assert_close(local, dist)
 
 
@@ -59,6 +62,10 @@ def _assert_close(local, dist) -> None:
 
 
 def _arrays(run_dir):
+    """Every shard array per item: (item id, key) -> the item's row or attention map."""
     for ids, tensors in storage.iter_shards(run_dir):
         for k, v in tensors.items():
-            yield (tuple(ids), k), v
+            if k.startswith("attention."):
+                yield (ids[int(k.split(".")[1])], "attention"), v
+            else:
+                yield from (((i, k), row) for i, row in zip(ids, v, strict=True))

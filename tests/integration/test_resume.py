@@ -22,6 +22,7 @@ import pytest
 
 from tests.helpers import assert_tables_equal, cli_run
 from vrp.runs import storage
+from vrp.runs.pipeline import batches
 
 ARGS = ["--data", "shapesworld:3", "--batch-size", "2", "--samples", "3", "--max-new-tokens", "3", "--seed", "7"]
 
@@ -44,11 +45,15 @@ def _run(model: str, out: Path, fault: str | None = None, *extra: str) -> subpro
 
 
 def _snapshot(run_dir: Path) -> dict:
-    """Everything a run computed: rows, failures and every shard array, keyed for comparison."""
+    """Everything a run computed: rows, failures, every stacked shard array and every item's
+    attention map, keyed by item (shards are merged by size, so their boundaries may differ)."""
     arrays = {}
     for ids, tensors in storage.iter_shards(run_dir):
         for k, v in tensors.items():
-            arrays[(tuple(ids), k)] = v
+            if k.startswith("attention."):
+                arrays[(ids[int(k.split(".")[1])], "attention")] = v
+            else:
+                arrays.update({(i, k): row for i, row in zip(ids, v, strict=True)})
     rows = pq.read_table(run_dir / "items.parquet")
     # images live in each run's own data/ folder: compare their names, not their folders
     names = [Path(p).relative_to(run_dir).as_posix() for p in rows.column("image").to_pylist()]
@@ -86,16 +91,23 @@ def test_sigkill_at_every_commit_stage_then_resume_is_identical(random_toy_dirs,
     for fault in ("after_arrays:2", "before_arrays:2", "after_rows:1"):
         res = _run(model, out, fault)
         assert res.returncode == -signal.SIGKILL, (fault, res.returncode, res.stderr[-2000:])
-        n = len(storage.completed(out))
-        committed.append(n)
+        committed.append(_batches_done(out))
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["status"] == "running"  # killed: never reached its end
     assert committed == sorted(committed) and committed[-1] < reference["batches"]
     assert committed[0] == 1  # the batch whose rows were never written is not counted
+    assert len(storage.completed(out)) < committed[-1]  # each resume merged what was committed before it
     res = _run(model, out)
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    assert len(list((out / "shards").iterdir())) == 2  # one merged shard
     _assert_same(_snapshot(out), reference["snap"])
+
+
+def _batches_done(run_dir: Path) -> int:
+    """The batches the committed shards cover (one shard may hold several, once merged)."""
+    spans = batches(json.loads((run_dir / "manifest.json").read_text())["counts"]["items"], 2)
+    return len(spans) - len(storage.pending(storage.completed(run_dir), spans))
 
 
 def test_sigkill_from_outside_and_leftovers_are_cleaned(random_toy_dirs, reference, tmp_path):
@@ -112,7 +124,7 @@ def test_sigkill_from_outside_and_leftovers_are_cleaned(random_toy_dirs, referen
     res = _run(model, out)
     assert res.returncode == 0, res.stderr
     leftovers = [p.name for p in (out / "shards").iterdir() if p.name.startswith(".") or "0000009" in p.name]
-    assert leftovers == []
+    assert leftovers == [] and len(list((out / "shards").iterdir())) == 2
     _assert_same(_snapshot(out), reference["snap"])
 
 

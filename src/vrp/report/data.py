@@ -124,7 +124,8 @@ def shard_meta(run: RunData) -> dict:
 def item_arrays(run: RunData, ids: list[str], keys: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
     """Shard arrays of a few items: id -> {key: that item's row}; only shards holding them are read.
 
-    ``"attention"`` stands for the item's own map ``attention.<row>``: ``[S, rows, cols]`` (mean)
+    ``"attention"`` stands for the item's own map ``attention.<row>`` (``row``: the item's position
+    in its shard's ids, whatever batches the shard was merged from): ``[S, rows, cols]`` (mean)
     or ``[S, H, rows, cols]`` (heads). Keys a shard does not hold (``--store-attention none``)
     are left out of that item's dict.
     """

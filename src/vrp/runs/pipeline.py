@@ -1,10 +1,12 @@
 """``vrp run``: answer and measure every item, batch by batch, into a resumable run directory.
 
 The item list is cut into batches of ``batch_size`` at fixed positions; each batch is
-committed as one shard (see :mod:`vrp.runs.storage`). Running again on the same directory
-with the same config skips committed batches, so a run killed at any moment resumes with
-results identical to an uninterrupted run. SIGINT/SIGTERM stop after the batch in flight
-and write the merged outputs before exiting.
+committed as one shard, and shards are merged by size when the run finishes or resumes (see
+:mod:`vrp.runs.storage`). Running again on the same directory with the same config skips
+the batches the shards cover, so a run killed at any moment resumes with results identical
+to an uninterrupted run. SIGINT/SIGTERM stop after the batch in flight and write the merged
+outputs before exiting. One process at a time writes a run directory: the run holds its
+lock (:mod:`vrp.runs.lock`) from start to end, and a second one is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from vrp.config import RunConfig
 from vrp.data.items import Item
 from vrp.data.sources import load_data
 from vrp.runs import storage
+from vrp.runs.lock import directory_lock
 from vrp.runs.rundir import atomic_write_json, fingerprint, model_identity, versions, write_failures, write_table
 from vrp.stats.intervals import wilson_ci
 
@@ -168,15 +171,20 @@ def run(cfg: RunConfig, force: bool = False, on_progress: Progress | None = None
 
     Raises:
         RunExistsError: the directory holds a run with a different config, data or model.
+        DirectoryLockedError: another process is running in the directory (its id is named).
         Interrupted: SIGINT/SIGTERM stopped the run (completed batches are kept).
     """
+    run_dir = Path(cfg.out)
+    with directory_lock(run_dir, what="run"):
+        return _run_locked(cfg, run_dir, force, on_progress)
+
+
+def _run_locked(cfg: RunConfig, run_dir: Path, force: bool, on_progress: Progress | None) -> dict:
     from vrp.models.base import adapter_for, read_model_type
     from vrp.models.loading import resolve_model_path
 
-    run_dir = Path(cfg.out)
     if force:
         _clear(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model_path(cfg.model)
     model_type = read_model_type(model_path)
     family = adapter_for(model_type)  # a bad or unsupported model fails here, before any work
@@ -191,8 +199,10 @@ def run(cfg: RunConfig, force: bool = False, on_progress: Progress | None = None
     spans = batches(len(items), cfg.batch_size)
 
     with _log_to(run_dir), _stop_on_signals() as stop:
-        done = storage.completed(run_dir)
-        todo = [s for s in spans if s not in done]
+        storage.recover(run_dir)  # what a crash left: temporary files, debris, superseded shards
+        if resuming:
+            _compact(cfg, run_dir)
+        todo = storage.pending(storage.completed(run_dir), spans)
         started = _now() if not resuming else json.loads((run_dir / "manifest.json").read_text()).get("started", _now())
         manifest = {
             "status": "running", "identity": identity, "config": cfg.to_dict(), "data": provenance,
@@ -201,7 +211,9 @@ def run(cfg: RunConfig, force: bool = False, on_progress: Progress | None = None
             "counts": {"items_loaded": len(loaded.items), "items": len(items), "batches": len(spans)},
         }  # fmt: skip
         atomic_write_json(run_dir / "manifest.json", manifest)
-        log.info("%s: %d items in %d batches, %d already committed", run_dir, len(items), len(spans), len(done))
+        log.info(
+            "%s: %d items in %d batches, %d already committed", run_dir, len(items), len(spans), len(spans) - len(todo)
+        )
         t0 = time.time()
         if cfg.engine == "ray":
             from vrp.runs.ray_engine import run_batches_ray
@@ -209,7 +221,13 @@ def run(cfg: RunConfig, force: bool = False, on_progress: Progress | None = None
             run_batches_ray(cfg, run_dir, items, todo, spans, stop, on_progress, len(load_failures))
         else:
             _run_local(cfg, run_dir, items, todo, spans, stop, on_progress, len(load_failures))
-        return _finish(cfg, run_dir, manifest, load_failures, t0, stop.is_set())
+        return _finish(cfg, run_dir, manifest, spans, load_failures, t0, stop.is_set())
+
+
+def _compact(cfg: RunConfig, run_dir: Path) -> None:
+    before = storage.shard_files(run_dir)
+    if storage.compact(run_dir, int(cfg.shard_mb * 1e6), cfg.shard_items):
+        log.info("merged shards: %d files -> %d", before, storage.shard_files(run_dir))
 
 
 def _run_local(cfg, run_dir, items, todo, spans, stop, on_progress, n_load_failed) -> None:
@@ -237,15 +255,17 @@ def _run_local(cfg, run_dir, items, todo, spans, stop, on_progress, n_load_faile
             on_progress(n_done, len(items), n_failed)
 
 
-def _finish(cfg, run_dir: Path, manifest: dict, load_failures: list[dict], t0: float, interrupted: bool) -> dict:
+def _finish(cfg, run_dir: Path, manifest: dict, spans, load_failures: list[dict], t0: float, interrupted: bool) -> dict:
+    n_batches_done = len(spans) - len(storage.pending(storage.completed(run_dir), spans))
+    complete = n_batches_done == len(spans)
+    if complete:  # an interrupted run stops at once; its shards are merged when it resumes
+        _compact(cfg, run_dir)
     table = storage.read_rows(run_dir)
     failures = load_failures + storage.read_failures(run_dir)
     if table is not None:
         write_table(run_dir / "items.parquet", table)
     write_failures(run_dir / "failures.jsonl", failures)
     rows = table.select(["task", "correct"]).to_pylist() if table is not None else []
-    n_batches_done = len(storage.completed(run_dir))
-    complete = n_batches_done == manifest["counts"]["batches"]
     shard_bytes = storage.shard_bytes(run_dir)
     manifest.update(
         status="complete" if complete else "interrupted",
@@ -255,6 +275,7 @@ def _finish(cfg, run_dir: Path, manifest: dict, load_failures: list[dict], t0: f
         disk={
             "shard_bytes": shard_bytes,
             "bytes_per_item": round(shard_bytes / len(rows), 1) if rows else None,
+            "shard_files": storage.shard_files(run_dir),
             "items_parquet_bytes": (run_dir / "items.parquet").stat().st_size if table is not None else 0,
         },
     )

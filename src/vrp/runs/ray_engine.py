@@ -2,9 +2,10 @@
 
 Each actor loads the model once (one GPU per actor on CUDA, one CPU otherwise), runs the
 same :class:`~vrp.runs.worker.BatchWorker` as the local engine on the batches it is given
-and commits each batch's shard itself; the driver only schedules, counts and, at the end,
-merges the shards like any run. Resume is therefore identical: committed batches are
-skipped whichever engine wrote them.
+and commits each batch's shard itself (the driver holds the run directory's lock for them);
+the driver only schedules, counts and, at the end, merges the shards by size and writes the
+outputs like any run. Resume is therefore identical: committed batches are skipped
+whichever engine wrote them.
 """
 
 from __future__ import annotations

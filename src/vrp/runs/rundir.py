@@ -5,7 +5,7 @@ Layout (docs/run-directory.md):
                       counts, status ("running", "interrupted", "complete"), accuracy
     items.parquet     one row per answered item (merged from the shards when the run ends)
     failures.jsonl    one JSON object per failed item: {id, stage, source, error}
-    shards/           per-batch arrays + rows, the durable store (see vrp.runs.storage)
+    shards/           arrays + rows per batch, merged by size: the durable store (see vrp.runs.storage)
     run.log           the run's log
     data/             the generated dataset when the data is ShapesWorld
 """
