@@ -387,6 +387,107 @@ def report(
     typer.echo(str(path))
 
 
+def _spec_opt(name: str, *decls: str, **kw: Any) -> Any:
+    """A ``vrp study`` option that overrides the spec file only when given (default None; the
+    help shows StudyConfig's default)."""
+    from vrp.study.config import StudyConfig
+
+    default = field_default(StudyConfig, name)
+    if isinstance(default, tuple):
+        default = ",".join(str(v) for v in default) or "none"
+    return typer.Option(None, *decls, help=f"{field_help(StudyConfig)[name]} [default: {default}]", **kw)
+
+
+@app.command()
+def study(
+    out: Path = typer.Option(..., "--out", help="The study directory (created; rerun the same command to resume)."),
+    spec: Path | None = typer.Option(
+        None,
+        "--spec",
+        help="A TOML study spec (keys: the options below, "
+        "models = [...], datasets = [...]); options given here win over it.",
+    ),
+    models: list[str] | None = _spec_opt("models", "--model", "-m"),
+    datasets: list[str] | None = _spec_opt("datasets", "--data", "-d"),
+    samples: int | None = _spec_opt("samples"),
+    seed: int | None = _spec_opt("seed"),
+    limit: int | None = _spec_opt("limit"),
+    world_images: int | None = _spec_opt("world_images"),
+    store_layers: str | None = _spec_opt("store_layers"),
+    batch_size: int | None = _spec_opt("batch_size"),
+    max_new_tokens: int | None = _spec_opt("max_new_tokens"),
+    device: str | None = _spec_opt("device"),
+    dtype: str | None = _spec_opt("dtype"),
+    intervene: list[str] | None = _spec_opt("intervene", "--intervene"),
+    intervene_limit: int | None = _spec_opt("intervene_limit"),
+    engine: str | None = _spec_opt("engine"),
+    workers: int | None = _spec_opt("workers"),
+    n_boot: int | None = _spec_opt("n_boot"),
+    n_perm: int | None = _spec_opt("n_perm"),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the study report (and each run's)."),
+) -> None:
+    """Every model on every dataset (one run directory each, resumable), then the study's tables
+    (STUDY_DIR/tables: Parquet, CSV, LaTeX), summary.json and report/index.html.
+
+    With no --spec, --model or --data: the three shipped toys on a fresh ShapesWorld set.
+    """
+    from vrp.config import ConfigError
+    from vrp.data.sources import DataSpecError
+    from vrp.models import NotAModelError, UnsupportedModelError
+    from vrp.runs.lock import DirectoryLockedError
+    from vrp.runs.pipeline import Interrupted
+    from vrp.study.config import StudyConfig
+    from vrp.study.runner import run_study
+
+    given = dict(models=tuple(models) if models else None, datasets=tuple(datasets) if datasets else None,
+                 samples=samples, seed=seed, limit=limit, world_images=world_images, store_layers=store_layers,
+                 batch_size=batch_size, max_new_tokens=max_new_tokens, device=device, dtype=dtype,
+                 intervene=tuple(intervene) if intervene else None, intervene_limit=intervene_limit, engine=engine, workers=workers, n_boot=n_boot,
+                 n_perm=n_perm)  # fmt: skip
+    try:
+        if spec is not None:
+            cfg = StudyConfig.from_toml(spec, **given)
+        else:
+            cfg = StudyConfig(**{k: v for k, v in given.items() if v is not None})
+    except ConfigError as e:
+        _fail(str(e))
+
+    def on_event(event: str, d: dict) -> None:
+        where = Path(d.get("run_dir", "")).name
+        messages = {"skip": f"{where}: finished, skipped", "run": f"{where}: running {d.get('model')} on "
+                    f"{d.get('data')}", "done": f"{where}: done", "intervene": f"{where}: vrp intervene --kind "
+                    f"{d.get('kind')}", "tables": "the study tables"}  # fmt: skip
+        console.print(f"[bold]study[/] {messages.get(event, event)}", soft_wrap=True)
+
+    try:
+        run_study(cfg, out, events=on_event)
+    except (UnsupportedModelError, NotAModelError, DataSpecError, FileNotFoundError, ConfigError) as e:
+        _fail(str(e))
+    except DirectoryLockedError as e:
+        _fail(str(e))
+    except Interrupted as e:
+        _fail(f"{e} (rerun the same command to resume the study)", code=130)
+    except RuntimeError as e:
+        _fail(str(e))
+    _print_claims(out / "summary.json")
+    if report:
+        from vrp.report.study import build_study_report
+
+        typer.echo(str(build_study_report(out)))
+
+
+def _print_claims(path: Path) -> None:
+    import json
+
+    summary = json.loads(path.read_text())
+    table = Table(title="the paper's claims on this study (95% CIs; see the study report)")
+    for col in ("claim", "verdict", "evidence"):
+        table.add_column(col, overflow="fold")
+    for c in summary["claims"]:
+        table.add_row(c["claim"], c["verdict"], c["evidence"])
+    _stdout().print(table)
+
+
 @world_app.command("generate")
 def world_generate(
     out: Path = typer.Option(..., help="Folder to write images/, items.jsonl, scenes.jsonl, world.json."),

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"signals", "probes", "stats"},
     {"tracing"},
     {"runs"},
-    {"analysis", "interventions", "monitor", "toys"},
+    {"analysis", "interventions", "monitor", "toys", "study"},
     {"report"},
     {"cli", "__init__"},
 ]

@@ -248,3 +248,51 @@ def recovery_plot(series: Sequence[Recovery], title: str) -> bytes:
 
     bands = [Band(s.site, on_axis(s, s.recovered), on_axis(s, s.lo), on_axis(s, s.hi)) for s in series]
     return band_plot(layers, bands, title, "layer", "fraction of margin recovered", hline=(0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class DepthCurve:
+    """A curve over normalized depth (x in [0, 1]) with its CI band; each curve has its own x."""
+
+    label: str
+    x: np.ndarray
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def depth_plot(curves: Sequence[DepthCurve], title: str, xlabel: str, ylabel: str, hline: float = 0.0) -> bytes:
+    """Several families' curves on one normalized depth axis, each with its shaded CI band."""
+    fig = _figure(6.4, 3.6)
+    ax = fig.add_subplot()
+    for c in curves:
+        (line,) = ax.plot(c.x, c.mean, label=c.label, marker="o", markersize=3.5, linewidth=1.6)
+        ok = np.isfinite(c.lo) & np.isfinite(c.hi)
+        if ok.any():
+            ax.fill_between(c.x[ok], c.lo[ok], c.hi[ok], color=line.get_color(), alpha=0.18, linewidth=0)
+    ax.axhline(hline, color="#777777", linestyle="--", linewidth=1)
+    ax.set_xlim(-0.02, 1.02)
+    _style(ax, title, xlabel, ylabel)
+    if curves:
+        ax.legend(fontsize=8.5, frameon=False)
+    return _png(fig)
+
+
+def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str, labels=None,
+            vmin: float = 0.5, vmax: float = 1.0) -> bytes:  # fmt: skip
+    """A rows x cols heat map with each cell's text (``labels``, default the value; NaN cells grey)."""
+    v = np.asarray(values, dtype=float)
+    fig = _figure(1.8 + 1.9 * len(cols), 1.0 + 0.55 * len(rows))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(v), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_facecolor("#dddddd")
+    ax.set_xticks(range(len(cols)), cols, fontsize=9)
+    ax.set_yticks(range(len(rows)), rows, fontsize=9)
+    for i in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            text = labels[i][j] if labels is not None else ("n/a" if not np.isfinite(v[i, j]) else f"{v[i, j]:.2f}")
+            dark = np.isfinite(v[i, j]) and v[i, j] < (vmin + vmax) / 2
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_title(title, fontsize=11)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return _png(fig)

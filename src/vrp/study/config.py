@@ -36,6 +36,8 @@ class StudyConfig(Config):
         dtype: model dtype (float32, float16, bfloat16).
         intervene: vrp intervene kinds run on every run of the study (neurons, mass, mlp, heads,
             patches, patching); their headlines join the study tables.
+        intervene_limit: items of each run the interventions re-answer (the first N in file
+            order; None = all).
         engine: local (the runs one after another) or ray (runs spread over Ray workers, one model
             replica each).
         workers: Ray workers (engine ray).
@@ -55,6 +57,7 @@ class StudyConfig(Config):
     device: str = RunConfig.device
     dtype: str = RunConfig.dtype
     intervene: tuple[str, ...] = ()
+    intervene_limit: int | None = None
     engine: str = "local"
     workers: int = RunConfig.workers
     n_boot: int = AnalyzeConfig.n_boot
@@ -67,6 +70,8 @@ class StudyConfig(Config):
             (len(self.datasets) >= 1 and len(set(self.datasets)) == len(self.datasets),
              f"datasets must be one or more distinct data specs, got {self.datasets}"),
             (set(self.intervene) <= set(KINDS), f"intervene kinds must be among {', '.join(KINDS)}, got {self.intervene}"),
+            (self.intervene_limit is None or self.intervene_limit >= 1,
+             f"intervene_limit must be >= 1, got {self.intervene_limit}"),
             (self.engine in ("local", "ray"), f"engine must be 'local' or 'ray', got {self.engine!r}"),
             (self.n_boot >= 0 and self.n_perm >= 0, "n_boot and n_perm must be >= 0"),
         )  # fmt: skip

@@ -44,6 +44,8 @@ def emergence_layer(above: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(above, dtype=bool)
     size = a.shape[-1]
+    if size == 0:
+        return np.zeros(a.shape[:-1], dtype=np.int64)
     below = ~a
     last_below = np.where(below.any(-1), size - 1 - np.argmax(below[..., ::-1], axis=-1), -1)
     return last_below + 1

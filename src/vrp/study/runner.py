@@ -47,6 +47,13 @@ def process_pair(run_cfg: RunConfig, probe_cfg: ProbeConfig, analyze_cfg: Analyz
     """Run (or resume) one pair, then its probes and its predictor analysis. Returns the
     run's manifest. A run whose labels have one class only gets no probes (recorded in
     ``probes/skipped.json``); the rest of the analysis still runs."""
+    from vrp.runs.lock import directory_lock
+
+    with directory_lock(run_cfg.out, what="study"):  # the run, its probes and its analysis: one writer
+        return _process_pair(run_cfg, probe_cfg, analyze_cfg)
+
+
+def _process_pair(run_cfg: RunConfig, probe_cfg: ProbeConfig, analyze_cfg: AnalyzeConfig) -> dict:
     from vrp.analysis.predictors import analyze
     from vrp.analysis.probing import train_probes
     from vrp.runs.pipeline import run
@@ -93,12 +100,22 @@ def _run_pairs_ray(cfg: StudyConfig, todo: list[RunConfig], probe_cfg, analyze_c
 
 def run_study(cfg: StudyConfig, out: str | Path, events: Events | None = None) -> dict:
     """Run every pair of the study (skipping finished ones), its interventions, and write the
-    study tables. Returns the resolved spec written to ``study.json``."""
-    from vrp.study.tables import write_tables
+    study tables. Returns the resolved spec written to ``study.json``.
+
+    Raises:
+        vrp.runs.lock.DirectoryLockedError: another process is running a study in ``out``.
+    """
+    from vrp.runs.lock import directory_lock
 
     events = events or (lambda event, details: None)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out, what="study"):  # one study process per directory
+        return _run_study(cfg, out, events)
+
+
+def _run_study(cfg: StudyConfig, out: Path, events: Events) -> dict:
+    from vrp.study.tables import write_tables
+
     probe_cfg, analyze_cfg = ProbeConfig(seed=cfg.seed), cfg.analyze_config()
     runs = [cfg.run_config(m, d, out) for m, d in cfg.pairs()]
     spec = {
@@ -134,7 +151,7 @@ def _intervene(cfg: StudyConfig, kind: str, runs: list[RunConfig], events: Event
     from vrp.interventions import intervene
     from vrp.interventions.config import InterveneConfig
 
-    icfg = InterveneConfig(kind=kind, seed=cfg.seed, n_boot=cfg.n_boot)
+    icfg = InterveneConfig(kind=kind, seed=cfg.seed, n_boot=cfg.n_boot, limit=cfg.intervene_limit)
     for r in runs:
         if kind in ("neurons", "mass") and (Path(r.out) / "probes" / "skipped.json").is_file():
             log.warning("%s: no probes, so no %s intervention", r.out, kind)

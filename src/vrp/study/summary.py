@@ -64,7 +64,7 @@ def _near_chance(e: dict) -> str:
     lo, hi = e["ci_low"], e["ci_high"]
     if lo is None or hi is None:
         return "undetermined"
-    if 1 - USEFUL <= lo and hi <= USEFUL:
+    if lo >= 1 - USEFUL and hi <= USEFUL:
         return "reproduces"
     if lo > USEFUL or hi < 1 - USEFUL:
         return "does not reproduce"
