@@ -11,7 +11,8 @@ every item of a :class:`RunConfig` into its run directory (``vrp run --answer-on
 analysis and report are their own functions); ``vrp.hooks`` reads or replaces named sites
 (``embed``, ``blocks.{l}.resid_post``, ``.attn_out``, ``.mlp_out``, ``.attn_z``);
 :mod:`vrp.interventions` holds the ablation and patching context managers; :class:`Monitor`
-attaches a trained probe to a live model. See docs/python-api.md.
+attaches a trained probe to a live model; ``vrp.run_study`` runs a :class:`StudyConfig` (every
+model on every dataset, then the study tables: ``vrp study``). See docs/python-api.md.
 """
 
 from vrp._lazy import lazy_dir, lazy_getattr
@@ -32,6 +33,8 @@ _EXPORTS = {
     "hooks": "vrp.models.sites",
     "Monitor": "vrp.monitor.live",
     "Answer": "vrp.monitor.live",
+    "StudyConfig": "vrp.study.config",
+    "run_study": "vrp.study.runner",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -122,11 +122,7 @@ def run(
     re-analysis of an existing run; `--answer-only` stops after the run directory is written.
     """
     from vrp.config import ConfigError
-    from vrp.data.sources import DataSpecError
-    from vrp.models import NotAModelError, UnsupportedModelError
-    from vrp.runs.lock import DirectoryLockedError
-    from vrp.runs.pipeline import Interrupted, RunExistsError
-    from vrp.runs.pipeline import run as run_pipeline
+    from vrp.runs.lock import DirectoryLockedError, directory_lock
 
     try:
         cfg = RunConfig(
@@ -138,6 +134,25 @@ def run(
         )  # fmt: skip
     except ConfigError as e:
         _fail(str(e))
+    try:
+        lock = directory_lock(out, what="run")
+        lock.__enter__()  # held through the probes, analysis and report too (one writer per directory)
+    except DirectoryLockedError as e:  # another process is writing this run directory
+        _fail(str(e))
+    try:
+        _run_stages(cfg, force, analysis)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _run_stages(cfg: RunConfig, force: bool, analysis: bool) -> None:
+    from vrp.config import ConfigError
+    from vrp.data.sources import DataSpecError
+    from vrp.models import NotAModelError, UnsupportedModelError
+    from vrp.runs.pipeline import Interrupted, RunExistsError
+    from vrp.runs.pipeline import run as run_pipeline
+
+    out, seed = Path(cfg.out), cfg.seed
     with _progress() as prog:
         task = prog.add_task("answering", total=None, rate="", failures=0)
 
@@ -148,8 +163,6 @@ def run(
         try:
             manifest = run_pipeline(cfg, force=force, on_progress=on_progress)
         except (UnsupportedModelError, NotAModelError, DataSpecError, RunExistsError, FileNotFoundError) as e:
-            _fail(str(e))
-        except DirectoryLockedError as e:  # another process is writing this run directory
             _fail(str(e))
         except ConfigError as e:
             _fail(str(e))

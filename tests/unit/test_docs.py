@@ -26,6 +26,7 @@ PAGES = (
     "monitor.md",
     "toys.md",
     "python-api.md",
+    "study.md",
     "architecture.md",
 )
 
