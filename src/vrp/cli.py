@@ -450,7 +450,7 @@ def study(
     from vrp.runs.lock import DirectoryLockedError
     from vrp.runs.pipeline import Interrupted
     from vrp.study.config import StudyConfig
-    from vrp.study.runner import run_study
+    from vrp.study.runner import StudyIncomplete, run_study
 
     given = dict(models=tuple(models) if models else None, datasets=tuple(datasets) if datasets else None,
                  samples=samples, seed=seed, limit=limit, world_images=world_images, store_layers=store_layers,
@@ -469,11 +469,15 @@ def study(
         where = Path(d.get("run_dir", "")).name
         messages = {"skip": f"{where}: finished, skipped", "run": f"{where}: running {d.get('model')} on "
                     f"{d.get('data')}", "done": f"{where}: done", "intervene": f"{where}: vrp intervene --kind "
-                    f"{d.get('kind')}", "tables": "the study tables"}  # fmt: skip
+                    f"{d.get('kind')}", "tables": "the study tables",
+                    "failed": f"{where}: FAILED: {d.get('error')}"}  # fmt: skip
         console.print(f"[bold]study[/] {messages.get(event, event)}", soft_wrap=True)
 
+    incomplete = None
     try:
         run_study(cfg, out, events=on_event)
+    except StudyIncomplete as e:  # the other pairs, the tables and the report are still written
+        incomplete = e
     except (UnsupportedModelError, NotAModelError, DataSpecError, FileNotFoundError, ConfigError) as e:
         _fail(str(e))
     except DirectoryLockedError as e:
@@ -487,6 +491,8 @@ def study(
         from vrp.report.study import build_study_report
 
         typer.echo(str(build_study_report(out)))
+    if incomplete is not None:
+        _fail(str(incomplete), code=1)
 
 
 def _print_claims(path: Path) -> None:

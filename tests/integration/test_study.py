@@ -261,3 +261,21 @@ def test_ray_study_gives_the_local_tables(two_datasets, tmp_path):
                 np.testing.assert_allclose(x[col], y[col], atol=1e-4, err_msg=f"{name}.{col}")
             else:
                 assert x[col].tolist() == y[col].tolist(), f"{name}.{col}"
+
+
+def test_a_failing_pair_is_reported_and_the_rest_is_kept(tmp_path):
+    from typer.testing import CliRunner
+
+    from vrp.cli import app
+
+    out = tmp_path / "s"
+    bad = str(tmp_path / "missing" / "items.jsonl")
+    res = CliRunner().invoke(app, ["study", "--out", str(out), "--model", "toy-llava", "--data", "shapesworld:8",
+                                   "--data", bad, *OPTS])  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert "1 run(s) of the study" in res.output and "missing" in res.output
+    failures = json.loads((out / "failures.json").read_text())
+    assert len(failures) == 1 and "missing" in next(iter(failures.values()))
+    acc = pd.read_parquet(out / "tables" / "accounting.parquet").set_index("data")
+    assert acc.loc["shapesworld:8", "status"] == "complete" and acc.loc[bad, "status"].startswith("failed: ")
+    assert (out / "report" / "index.html").is_file() and (out / "summary.json").is_file()

@@ -50,8 +50,8 @@ def _study_section(spec: dict, acc: pd.DataFrame, links: dict[str, str]) -> Sect
     for _, r in acc.iterrows():
         link = links.get(r.get("run", ""), "")
         name = f"<a href='{esc(link)}'>{esc(r['run'])}</a>" if link else esc(r.get("run", ""))
-        if r.get("status") == "not run":
-            rows.append([esc(r["model"]), esc(r["data"]), name, undefined("not run yet"), "", "", "", "", "", ""])
+        if r.get("status") == "not run" or str(r.get("status", "")).startswith("failed"):
+            rows.append([esc(r["model"]), esc(r["data"]), name, undefined(r["status"]), "", "", "", "", "", ""])
             continue
         rows.append([esc(r["model"]), esc(r["data"]), name, str(int(r["items"])), str(int(r["answered"])),
                      str(int(r["failed"])), with_ci(r["accuracy"], r["acc_ci_low"], r["acc_ci_high"]),

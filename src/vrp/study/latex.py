@@ -114,6 +114,11 @@ def _ci(r, x, lo="ci_low", hi="ci_high", digits=3) -> str:
     return interval(_get(r, x), _get(r, lo), _get(r, hi), digits)
 
 
+def _int(r, key) -> str:
+    v = _get(r, key)
+    return "--" if v is None else str(int(v))
+
+
 def _group_starts(keys: list) -> list[int]:
     return [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]]
 
@@ -132,9 +137,7 @@ def _structural(df):
 
 
 def _formation(df):
-    def layer(r, k):
-        v = _get(r, k)
-        return "--" if v is None else str(int(v))
+    layer = _int
 
     def rng(r, k):
         lo, hi = _get(r, f"{k}_ci_low"), _get(r, f"{k}_ci_high")
@@ -199,7 +202,7 @@ def _probe_vs_conf(df):
 
 
 def _transfer(df):
-    rows = [[r["model"], r["train_data"], r["eval_data"], _ci(r, "auroc"), str(int(r["n"])) if _get(r, "n") else "--"]
+    rows = [[r["model"], r["train_data"], r["eval_data"], _ci(r, "auroc"), _int(r, "n")]
             for _, r in df.iterrows()]  # fmt: skip
     return dict(
         header=["Model", "Probe trained on", "Evaluated on", "AUROC [95% CI]", "n"],
@@ -211,10 +214,7 @@ def _transfer(df):
 
 
 def _accounting(df):
-    def n(r, k):
-        v = _get(r, k)
-        return "--" if v is None else str(int(v))
-
+    n = _int
     rows = [[r["data"], r["model"], n(r, "items"), n(r, "answered"), n(r, "failed"),
              _ci(r, "accuracy", "acc_ci_low", "acc_ci_high"), n(r, "n_train"), n(r, "n_val"), n(r, "n_test")]
             for _, r in df.iterrows()]  # fmt: skip

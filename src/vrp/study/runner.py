@@ -22,7 +22,7 @@ from vrp.runs.rundir import atomic_write_json, versions
 from vrp.study.config import StudyConfig
 
 log = logging.getLogger("vrp.study")
-Events = Callable[[str, dict], None]  # (event, details): "run", "skip", "probes", "intervene", "done"
+Events = Callable[[str, dict], None]  # (event, details): "run", "skip", "done", "failed", "intervene", "tables"
 
 
 def finished(run_cfg: RunConfig) -> bool:
@@ -81,7 +81,7 @@ def _pair_on_ray(run_cfg: dict, probe_cfg: dict, analyze_cfg: dict) -> dict:  # 
                         AnalyzeConfig.from_dict(analyze_cfg))  # fmt: skip
 
 
-def _run_pairs_ray(cfg: StudyConfig, todo: list[RunConfig], probe_cfg, analyze_cfg, events: Events) -> None:
+def _run_pairs_ray(cfg: StudyConfig, todo: list[RunConfig], probe_cfg, analyze_cfg, events: Events) -> dict:
     try:
         import ray
     except ImportError:
@@ -91,11 +91,19 @@ def _run_pairs_ray(cfg: StudyConfig, todo: list[RunConfig], probe_cfg, analyze_c
     gpus = 1 if cfg.device.startswith("cuda") else 0
     task = ray.remote(num_cpus=1, num_gpus=gpus)(_pair_on_ray)
     pending = {task.remote(r.to_dict(), probe_cfg.to_dict(), analyze_cfg.to_dict()): r for r in todo}
+    failed = {}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         r = pending.pop(ready[0])
-        ray.get(ready[0])  # a failed pair raises here, naming its error
+        try:
+            ray.get(ready[0])
+        except Exception as e:  # the pair's error is reported; the other pairs go on
+            cause = getattr(e, "cause", None) or e
+            failed[r.out] = f"{type(cause).__name__}: {cause}"
+            events("failed", {"run_dir": r.out, "error": failed[r.out]})
+            continue
         events("done", {"run_dir": r.out})
+    return failed
 
 
 def run_study(cfg: StudyConfig, out: str | Path, events: Events | None = None) -> dict:
@@ -114,6 +122,8 @@ def run_study(cfg: StudyConfig, out: str | Path, events: Events | None = None) -
 
 
 def _run_study(cfg: StudyConfig, out: Path, events: Events) -> dict:
+    from vrp.runs.lock import DirectoryLockedError
+    from vrp.runs.pipeline import Interrupted
     from vrp.study.tables import write_tables
 
     probe_cfg, analyze_cfg = ProbeConfig(seed=cfg.seed), cfg.analyze_config()
@@ -132,18 +142,44 @@ def _run_study(cfg: StudyConfig, out: Path, events: Events) -> dict:
             events("skip", {"run_dir": r.out})
         else:
             todo.append(r)
+    failed: dict[str, str] = {}
     if cfg.engine == "ray" and todo:
-        _run_pairs_ray(cfg, todo, probe_cfg, analyze_cfg, events)
+        failed = _run_pairs_ray(cfg, todo, probe_cfg, analyze_cfg, events)
     else:
         for r in todo:
             events("run", {"run_dir": r.out, "model": r.model, "data": r.data})
-            process_pair(r, probe_cfg, analyze_cfg)
+            try:
+                process_pair(r, probe_cfg, analyze_cfg)
+            except (Interrupted, DirectoryLockedError):
+                raise
+            except Exception as e:  # the pair's error is reported; the other pairs go on
+                failed[r.out] = f"{type(e).__name__}: {e}"
+                log.warning("%s failed: %s", r.out, failed[r.out])
+                events("failed", {"run_dir": r.out, "error": failed[r.out]})
+                continue
             events("done", {"run_dir": r.out})
+    atomic_write_json(out / "failures.json", {str(Path(k).relative_to(out)): v for k, v in failed.items()})
     for kind in cfg.intervene:
-        _intervene(cfg, kind, runs, events)
+        _intervene(cfg, kind, [r for r in runs if r.out not in failed], events)
     events("tables", {"study_dir": str(out)})
     write_tables(out)
+    if failed:
+        raise StudyIncomplete(out, failed)
     return spec
+
+
+class StudyIncomplete(RuntimeError):
+    """Some pairs of the study failed; the others, the tables and the report are written.
+
+    Attributes:
+        failed: run directory -> the error (also in ``STUDY_DIR/failures.json``).
+    """
+
+    def __init__(self, out: Path, failed: dict[str, str]):
+        self.failed = failed
+        lines = "\n".join(f"  {Path(k).name}: {v}" for k, v in failed.items())
+        super().__init__(f"{len(failed)} run(s) of the study in {out} failed (the rest are done and in the "
+                         f"tables; fix the cause and rerun the same command to finish):\n{lines}")  # fmt: skip
 
 
 def _intervene(cfg: StudyConfig, kind: str, runs: list[RunConfig], events: Events) -> None:

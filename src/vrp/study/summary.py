@@ -93,7 +93,7 @@ def _run_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
     acc, h2h, tests, form = (tables[k] for k in ("accounting", "head_to_head", "paired_tests", "margin_formation"))
     out = []
     for _, a in acc.iterrows():
-        if a.get("status") == "not run":
+        if a.get("status") == "not run" or str(a.get("status", "")).startswith("failed"):
             continue
         key = (a["data"], a["model"])
         row = {"data": key[0], "model": key[1], "n": _f(a.get("answered")),

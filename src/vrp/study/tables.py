@@ -408,15 +408,17 @@ def transfer_table(runs: list[StudyRun], cfg: AnalyzeConfig) -> pd.DataFrame:
 # ---- Table 8: accounting; interventions --------------------------------------------------------
 
 
-def accounting_table(runs: list[StudyRun], spec: dict) -> pd.DataFrame:
+def accounting_table(runs: list[StudyRun], spec: dict, study_dir: Path) -> pd.DataFrame:
     from vrp.stats.intervals import wilson_ci
 
     rows = []
     present = {r.name for r in runs}
+    failed = _read_json(study_dir / "failures.json") or {}
     for entry in spec["runs"]:
         name = Path(entry["run_dir"]).name
         if name not in present:
-            rows.append({"data": entry["data"], "model": entry["model"], "run": name, "status": "not run"})
+            status = f"failed: {failed[entry['run_dir']]}" if entry["run_dir"] in failed else "not run"
+            rows.append({"data": entry["data"], "model": entry["model"], "run": name, "status": status})
     for run in runs:
         counts = run.manifest.get("counts", {})
         y = _y(run.items)
@@ -463,7 +465,7 @@ def compute_tables(study_dir: str | Path) -> tuple[dict[str, pd.DataFrame], dict
         "paired_tests": tests,
         "probe_vs_confidence": probe_vs_confidence_table(tests),
         "transfer": transfer_table(runs, cfg),
-        "accounting": accounting_table(runs, spec),
+        "accounting": accounting_table(runs, spec, Path(study_dir)),
         "interventions": interventions_table(runs),
     }
     return tables, splits
