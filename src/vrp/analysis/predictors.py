@@ -87,7 +87,9 @@ def predictor_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table
         y_test = df.set_index("id").loc[test.index, "correct"].to_numpy().astype(np.int64)
         for name, doc in PROBE_ROWS.items():
             if name in test:
-                rows.append(signal_row(name, "probe", "higher", doc, test[name].to_numpy(dtype=np.float64), y_test, cfg))
+                rows.append(
+                    signal_row(name, "probe", "higher", doc, test[name].to_numpy(dtype=np.float64), y_test, cfg)
+                )
     p = np.array([r["p"] for r in rows], dtype=np.float64)
     for method, col in (("bonferroni", "p_bonferroni"), ("bh", "p_bh")):
         for r, q in zip(rows, adjust_pvalues(p, method), strict=True):
