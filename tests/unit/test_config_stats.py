@@ -198,4 +198,4 @@ def test_stored_layers_resolution():
         RunConfig(store_layers="0,4").stored_layers(4)
     with pytest.raises(ConfigError, match="outside"):
         RunConfig(store_layers="-5").stored_layers(4)
-    assert set(RunConfig.OPERATIONAL) == {"engine", "workers", "out"}
+    assert set(RunConfig.OPERATIONAL) == {"engine", "workers", "out", "shard_mb", "shard_items"}
