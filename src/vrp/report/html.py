@@ -127,7 +127,7 @@ table.pred { font-size:13px; } table.pred td, table.pred th { padding:3px 6px; }
 code { background:#f0f2f6; padding:1px 4px; border-radius:3px; font-size:13px; }
 img.fig { max-width:100%; height:auto; display:block; margin:6px 0; }
 .grid2 { display:grid; grid-template-columns:repeat(auto-fit,minmax(460px,1fr)); gap:12px; align-items:start; }
-.grid2 figure { margin:0; }
+.grid2 figure { margin:0; min-width:0; }
 figcaption { font-size:13px; color:var(--muted); }
 .case { border:1px solid var(--line); border-radius:6px; padding:10px 12px; margin:10px 0;
         display:grid; grid-template-columns:300px 1fr; gap:12px; align-items:start; }

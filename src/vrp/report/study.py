@@ -187,7 +187,9 @@ def _h2h_section(h2h: pd.DataFrame, tests: pd.DataFrame) -> Section:
         "favours when a signal has no documented direction) are chosen on the validation split. The paired tests "
         "compare two signals on the same items: the difference of AUROCs with a paired bootstrap 95% CI (both "
         "signals scored on each resample), DeLong's test (BH-adjusted across the table) and the bootstrap p-value. "
-        "'vs chance' tests AUROC − 0.5."
+        "'vs chance' tests AUROC − 0.5. A best attention summary marked <em>reversed</em> has no documented "
+        "direction and ranked lower values as more reliable on validation: its row shows the raw AUROC, the "
+        "paired tests use it reversed."
     )
     if h2h.empty:
         return Section("head-to-head", "Predictors head to head", guide + "<p>No run has probes yet.</p>")

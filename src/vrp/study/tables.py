@@ -324,7 +324,7 @@ def head_to_head_tables(runs: list[StudyRun], cfg: AnalyzeConfig) -> tuple[pd.Da
             r = _row(name, test, cfg, **keys, split="test")
             r["chosen"] = "best probe" if name == bp else "best attention" if ba and name == ba[0] else ""
             if r["chosen"] == "best attention" and ba[1] < 0 and r["direction"] == "none":
-                r["chosen"] += " (reversed: lower = reliable on validation)"  # this row's AUROC is the raw one
+                r["chosen"] += ", reversed"  # lower = reliable on validation; this row's AUROC is the raw one
             rows.append(r)
         y = _y(test)
         att = None if ba is None else ba[1] * _score(test, ba[0])
