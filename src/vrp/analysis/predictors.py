@@ -21,6 +21,7 @@ probes' test split only (their ``n`` says so); every other row on all answered i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +30,10 @@ import pyarrow.parquet as pq
 from vrp.analysis.config import AnalyzeConfig
 from vrp.runs import storage
 from vrp.runs.rundir import atomic_write_json, write_table
-from vrp.signals.catalog import CURVES, SIGNALS
+from vrp.signals.catalog import CURVES, DERIVED, SIGNALS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PROBE_ROWS = {
     "probe_dense": "best-layer dense (L2) probe on residuals",
@@ -69,6 +73,23 @@ def signal_row(
     }  # fmt: skip
 
 
+def derived_signals(run_dir: Path, ids) -> pd.DataFrame:
+    """The derived signals (``catalog.DERIVED``) whose source files the run holds, one row per id
+    of ``ids`` in that order (NaN for an item a source lacks); no column for an absent source."""
+    import pandas as pd
+
+    out = pd.DataFrame(index=pd.Index(list(ids), name="id"))
+    for source in dict.fromkeys(d.source for d in DERIVED):
+        path = run_dir / source
+        if not path.is_file():
+            continue
+        t = pq.read_table(path).to_pandas().set_index("id")
+        for d in DERIVED:
+            if d.source == source and d.name in t:
+                out[d.name] = t[d.name].reindex(out.index).to_numpy(dtype=np.float64)
+    return out
+
+
 def predictor_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table:
     """One row per signal (and per probe, when ``vrp probe`` has run) with AUROC, CIs and p-values."""
     from vrp.stats.multitest import adjust_pvalues
@@ -80,6 +101,11 @@ def predictor_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table
         signal_row(s.name, s.family, s.direction, s.doc, df[s.name].to_numpy(dtype=np.float64), y, cfg, s.needs)
         for s in SIGNALS
     ]
+    derived = derived_signals(run_dir, df["id"])
+    for d in DERIVED:
+        if d.name in derived:
+            score = derived[d.name].to_numpy(dtype=np.float64)
+            rows.append(signal_row(d.name, d.family, d.direction, d.doc, score, y, cfg, d.needs))
     preds_path = run_dir / "probes" / "predictions.parquet"
     if preds_path.is_file():
         preds = pq.read_table(preds_path).to_pandas()

@@ -355,6 +355,33 @@ def compute(source: SignalInputs | Context | object) -> SignalResult:
     return SignalResult(values=values, curves=curves)
 
 
+# ---- derived signals: computed after the run ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class DerivedSignal:
+    """A per-item signal computed after ``vrp run`` from what the run directory stores, because
+    it needs something the run does not have yet: the probes' train split (heads ranked on it), a
+    trained lens, a model outside the VLM. It is written, with an ``id`` column, to the parquet
+    file ``source`` of the run directory by the command named in ``made_by``; ``vrp analyze``
+    merges every source present into the predictor table beside ``items.parquet``'s signals.
+    """
+
+    name: str
+    family: str  # structural | mechanistic | behavioral
+    unit: str
+    direction: str  # higher | lower | none
+    doc: str
+    source: str  # parquet file relative to the run directory, e.g. "lens/tuned/signals.parquet"
+    made_by: str  # the command that writes it, e.g. "vrp lens train"
+    needs: str = ""
+
+
+# Filled by the modules that compute them (one tuple per source); names never clash with SIGNALS.
+DERIVED: tuple[DerivedSignal, ...] = ()
+DERIVED_BY_NAME: dict[str, DerivedSignal] = {d.name: d for d in DERIVED}
+
+
 def _check_catalog() -> None:
     for what, names in (("signal", NAMES), ("curve", tuple(c.name for c in CURVES))):
         dup = {n for n in names if names.count(n) > 1}
@@ -363,9 +390,12 @@ def _check_catalog() -> None:
     for c in CURVES:
         if c.axis not in ("block", "residual") or c.direction not in ("higher", "lower", "none"):
             raise ValueError(f"curve {c.name}: bad axis {c.axis!r} or direction {c.direction!r}")
-    for s in SIGNALS:
+    for s in (*SIGNALS, *DERIVED):
         if s.direction not in ("higher", "lower", "none") or s.needs not in ("", GOLD_ANSWER, GOLD_REGION):
             raise ValueError(f"signal {s.name}: bad direction {s.direction!r} or needs {s.needs!r}")
+    clash = set(NAMES) & {d.name for d in DERIVED}
+    if clash or len(DERIVED_BY_NAME) != len(DERIVED):
+        raise ValueError(f"derived signal names must be unique and not those of SIGNALS: {sorted(clash)}")
 
 
 _check_catalog()

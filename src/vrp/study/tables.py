@@ -39,10 +39,10 @@ import pandas as pd
 import pyarrow as pa
 
 from vrp.analysis.config import AnalyzeConfig, ProbeConfig
-from vrp.analysis.predictors import PROBE_ROWS, signal_row
+from vrp.analysis.predictors import PROBE_ROWS, derived_signals, signal_row
 from vrp.runs import storage
 from vrp.runs.rundir import atomic_write_bytes, atomic_write_json, write_table
-from vrp.signals.catalog import BY_NAME, SIGNALS
+from vrp.signals.catalog import BY_NAME, DERIVED, DERIVED_BY_NAME, SIGNALS
 
 log = logging.getLogger("vrp.study")
 RESIDUAL_PROBES = ("probe_dense", "probe_sparse", "probe_stacked", "probe_mlp")
@@ -105,6 +105,8 @@ def load_study(study_dir: str | Path) -> tuple[dict, list[StudyRun]]:
             log.warning("%s: no finished run yet; left out of the tables", run_dir)
             continue
         items = pd.read_parquet(run_dir / "items.parquet")
+        derived = derived_signals(run_dir, items["id"])  # lens, head-ranking ... signals made after the run
+        items = pd.concat([items, derived.reset_index(drop=True)], axis=1)
         run = StudyRun(entry["model"], entry["data"], run_dir, manifest, items)
         run.probes = _read_json(run_dir / "probes" / "summary.json")
         if (run_dir / "probes" / "predictions.parquet").is_file():
@@ -132,8 +134,8 @@ def _score(df: pd.DataFrame, name: str) -> np.ndarray:
 
 def _meta(name: str) -> tuple[str, str, str, str]:
     """(family, direction, doc, needs) of a signal or probe row."""
-    if name in BY_NAME:
-        s = BY_NAME[name]
+    if name in BY_NAME or name in DERIVED_BY_NAME:
+        s = BY_NAME.get(name) or DERIVED_BY_NAME[name]
         return s.family, s.direction, s.doc, s.needs
     return "probe", "higher", PROBE_ROWS.get(name, name), ""
 
@@ -311,8 +313,8 @@ def head_to_head_tables(runs: list[StudyRun], cfg: AnalyzeConfig) -> tuple[pd.Da
     from vrp.stats.paired import auroc_vs_chance, paired_auroc_diff
 
     rows, tests = [], []
-    names = [s.name for s in SIGNALS] + [n for n in PROBE_ROWS]
     for run in runs:
+        names = [s.name for s in SIGNALS] + [d.name for d in DERIVED if d.name in run.items] + list(PROBE_ROWS)
         test = run.side("test")
         keys = dict(data=run.data, model=run.model)
         if not len(test):
