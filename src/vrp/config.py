@@ -257,6 +257,9 @@ class RunConfig(Config):
         shard_mb: size in MB (1e6 bytes) up to which the per-batch shards are merged when the
             run finishes or resumes (0 keeps one shard per batch).
         shard_items: most items one merged shard covers.
+        nli_model: a local sequence-classification NLI checkpoint folder (e.g. a DeBERTa-MNLI):
+            the K samples are clustered by bidirectional entailment for semantic_entropy and
+            semantic_consistency (None: their clusters are the canonical answers).
     """
 
     model: str = "toy-llava"
@@ -281,6 +284,7 @@ class RunConfig(Config):
     workers: int = 2
     shard_mb: float = 256.0
     shard_items: int = 2048
+    nli_model: str | None = None
 
     def check(self) -> None:
         self.trace_config()  # validates the fields it shares with TraceConfig
@@ -294,6 +298,8 @@ class RunConfig(Config):
             (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
             (self.shard_mb >= 0, f"shard_mb must be >= 0, got {self.shard_mb}"),
             (self.shard_items >= 1, f"shard_items must be >= 1, got {self.shard_items}"),
+            (self.nli_model is None or self.samples >= 1,
+             f"nli_model clusters the K sampled answers: it needs samples >= 1, got {self.samples}"),
         )  # fmt: skip
         _parse_layers(self.store_layers)
 
