@@ -6,8 +6,8 @@ here (a deployed model has no gold answers). When a record has them, it is valid
 full generic item and its answer is also scored with the run pipeline's scorer.
 
 Output, one JSON object per answered record, in input order:
-``{"id", "answer", "p_correct", "abstain"}``, plus ``"score"`` and ``"correct"`` for records
-with gold answers. A malformed record, a duplicate id or an unreadable image is reported
+``{"id", "answer", "p_correct", "abstain", "predicted_consistency"}`` (null with a monitor
+that has no consistency head), plus ``"score"`` and ``"correct"`` for records with gold answers. A malformed record, a duplicate id or an unreadable image is reported
 (``file:line`` and the reason) and skipped; the other records are answered. The output is
 streamed to a temporary name (``.NAME.tmp``) and renamed when complete.
 """
@@ -104,7 +104,8 @@ def answer_file(
                 except ValueError as e:
                     skip(f"{q.source} (id {q.id})", str(e))
             for q, a in _answer_chunk(monitor, chunk, images, skip):
-                rec = {"id": q.id, "answer": a.text, "p_correct": a.p_correct, "abstain": a.abstain}
+                rec = {"id": q.id, "answer": a.text, "p_correct": a.p_correct, "abstain": a.abstain,
+                       "predicted_consistency": a.predicted_consistency}  # fmt: skip
                 if q.answers:
                     rec["score"] = score_generic(q.task, a.text, q.answers)
                     rec["correct"] = is_correct(rec["score"])

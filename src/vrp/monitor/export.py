@@ -122,6 +122,46 @@ def _chosen_probe(run_dir: Path, probe: str) -> tuple[dict, dict[str, np.ndarray
     return entry, arrays, model.penalty
 
 
+def _consistency_head(run_dir: Path) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """(monitor.json section, arrays) of the run's consistency head at its chosen layer; None when the
+    run has none (``vrp probe`` skipped it: no samples, the reason is in probes/summary.json)."""
+    from vrp.analysis.consistency import ANALYSIS, HEAD_DIR, SIGNAL
+    from vrp.probes.consistency import ConsistencyHead
+    from vrp.probes.io import load_probe
+
+    entry = _load_json(run_dir / "probes" / "summary.json").get("consistency_head")
+    head_dir = run_dir / "probes" / HEAD_DIR
+    if not isinstance(entry, dict) or "layer_index" not in entry or not (head_dir / "probe.json").is_file():
+        return None
+    try:
+        head = load_probe(head_dir)
+    except (OSError, ValueError, KeyError) as e:
+        raise MonitorError(f"cannot load the consistency head in {head_dir}: {e}") from None
+    if not isinstance(head, ConsistencyHead):
+        raise MonitorError(f"{head_dir} holds a {type(head).__name__}, not a ConsistencyHead")
+    k = int(entry["layer_index"])
+    arrays = {"consistency.coef": head.coef_[k], "consistency.mean": head.mean_[k], "consistency.scale": head.scale_[k]}
+    arrays["consistency.intercept"] = np.asarray([head.intercept_[k]])
+    section = {
+        "kind": "fractional logistic regression of self-consistency S_SC (quasi-binomial, L2)",
+        "output": SIGNAL,
+        "samples": entry.get("samples"),
+        "C": float(entry.get("C", np.nan)),
+        "layer_index": k,
+        "residual_layer": int(entry["residual_layer"]),
+        "residual_layer_meaning": RESIDUAL_MEANING,
+        "position": "decision",
+        "input_dtype": "float16",
+        "formula": "s = sigmoid(((float32(float16(h)) - mean) / scale) . coef + intercept)",
+        "metrics": {key: entry.get(key) for key in ("val_mse", "val_r2", "test_mse", "test_r2")},
+    }
+    analysis = run_dir / ANALYSIS
+    if analysis.is_file():  # correlation with the real S_SC and AUROCs on the test split (vrp analyze)
+        a = _load_json(analysis)
+        section["metrics"].update(correlation=a.get("correlation"), auroc=a.get("auroc"))
+    return section, arrays
+
+
 def export_monitor(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -201,6 +241,10 @@ def export_monitor(
         "threshold": threshold,
         "operating_points": grid,
     }
+    head = _consistency_head(run_dir)
+    if head is not None:  # beside the probe: read from the same greedy pass's prefill
+        doc["consistency_head"], head_arrays = head
+        arrays = {**arrays, **head_arrays}
     doc = json_safe(doc)  # strict JSON: NaN -> null
     write_monitor(Path(out_dir), arrays, doc)
     return doc

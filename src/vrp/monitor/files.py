@@ -1,7 +1,10 @@
 """The monitor directory: ``monitor.safetensors`` (the probe's arrays) + ``monitor.json``.
 
     monitor.safetensors   coef [d], mean [d], scale [d] (float32), intercept [1] (float32):
-                          p = sigmoid(((h - mean) / scale) . coef + intercept)
+                          p = sigmoid(((h - mean) / scale) . coef + intercept); with a consistency
+                          head (optional, section ``consistency_head`` of monitor.json) also
+                          consistency.coef, .mean, .scale [d] and .intercept [1], the same formula
+                          for the predicted self-consistency
     monitor.json          format version, the model's identity, where and how the residual is
                           read, the metrics, the abstention threshold, and the sha256 of
                           monitor.safetensors (a changed or truncated file is refused)
@@ -27,6 +30,9 @@ FORMAT = "vrp-monitor-1"
 WEIGHTS = "monitor.safetensors"
 META = "monitor.json"
 ARRAYS = ("coef", "mean", "scale", "intercept")
+HEAD = "consistency_head"  # optional section of monitor.json; its arrays are CONSISTENCY_ARRAYS
+CONSISTENCY_ARRAYS = tuple(f"consistency.{k}" for k in ARRAYS)
+HEAD_REQUIRED = ("residual_layer", "input_dtype")
 # top-level sections of monitor.json and the keys the monitor reads from each
 REQUIRED = {
     "model": ("model_type", "sha256", "d_model", "n_layers", "dtype", "name"),
@@ -48,10 +54,11 @@ def sha256_bytes(data: bytes) -> str:
 
 def write_monitor(directory: Path, arrays: dict[str, np.ndarray], doc: dict) -> Path:
     """Write the arrays and the JSON document (``doc["files"]`` is filled in here)."""
-    missing = set(ARRAYS) - set(arrays)
+    names = ARRAYS + (CONSISTENCY_ARRAYS if HEAD in doc else ())
+    missing = set(names) - set(arrays)
     if missing:
         raise ValueError(f"monitor arrays lack {sorted(missing)}")
-    blob = save({k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in ARRAYS})
+    blob = save({k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in names})
     doc = {**doc, "format": FORMAT, "files": {WEIGHTS: {"sha256": sha256_bytes(blob), "bytes": len(blob)}}}
     text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"  # fail before touching the disk
     d = Path(directory)
@@ -92,12 +99,17 @@ def read_monitor(directory: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         lacking = [k for k in keys if not isinstance(sec, dict) or k not in sec]
         if lacking:
             raise MonitorError(f"{meta}: missing field(s) {', '.join(f'{section}.{k}' for k in lacking)}")
-    arrays = _read_weights(d / WEIGHTS, doc["files"][WEIGHTS])
+    if HEAD in doc:  # optional: monitors exported before the consistency head (or from runs without samples) lack it
+        sec = doc[HEAD]
+        lacking = [k for k in HEAD_REQUIRED if not isinstance(sec, dict) or k not in sec]
+        if lacking:
+            raise MonitorError(f"{meta}: missing field(s) {', '.join(f'{HEAD}.{k}' for k in lacking)}")
+    arrays = _read_weights(d / WEIGHTS, doc["files"][WEIGHTS], ARRAYS + (CONSISTENCY_ARRAYS if HEAD in doc else ()))
     _check_shapes(d / WEIGHTS, arrays, doc)
     return arrays, doc
 
 
-def _read_weights(path: Path, record: object) -> dict[str, np.ndarray]:
+def _read_weights(path: Path, record: object, names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarray]:
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
@@ -114,7 +126,7 @@ def _read_weights(path: Path, record: object) -> dict[str, np.ndarray]:
         arrays = load(blob)
     except (SafetensorError, ValueError, OSError) as e:
         raise MonitorError(f"{path} is not a readable safetensors file: {e}") from None
-    missing = [k for k in ARRAYS if k not in arrays]
+    missing = [k for k in names if k not in arrays]
     if missing:
         raise MonitorError(f"{path} lacks the array(s) {missing}")
     return arrays
@@ -122,10 +134,17 @@ def _read_weights(path: Path, record: object) -> dict[str, np.ndarray]:
 
 def _check_shapes(path: Path, arrays: dict[str, np.ndarray], doc: dict) -> None:
     d = doc["model"]["d_model"]
-    for k in ("coef", "mean", "scale"):
-        if arrays[k].shape != (d,):
-            raise MonitorError(f"{path}: {k} has shape {arrays[k].shape}, expected ({d},) for d_model {d}")
-    if arrays["intercept"].shape != (1,):
-        raise MonitorError(f"{path}: intercept has shape {arrays['intercept'].shape}, expected (1,)")
-    if not all(np.isfinite(a).all() for a in arrays.values()) or not (arrays["scale"] > 0).all():
-        raise MonitorError(f"{path}: non-finite values or a non-positive scale")
+    for prefix in ("", "consistency.") if HEAD in doc else ("",):
+        for k in ("coef", "mean", "scale"):
+            if arrays[prefix + k].shape != (d,):
+                raise MonitorError(
+                    f"{path}: {prefix + k} has shape {arrays[prefix + k].shape}, expected ({d},) for d_model {d}"
+                )
+        if arrays[prefix + "intercept"].shape != (1,):
+            raise MonitorError(
+                f"{path}: {prefix}intercept has shape {arrays[prefix + 'intercept'].shape}, expected (1,)"
+            )
+        if not (arrays[prefix + "scale"] > 0).all():
+            raise MonitorError(f"{path}: a non-positive {prefix}scale")
+    if not all(np.isfinite(a).all() for a in arrays.values()):
+        raise MonitorError(f"{path}: non-finite values")

@@ -5,7 +5,10 @@ on the named site of the probe's residual index (``embed`` for 0, ``blocks.{l}.r
 for ``l + 1``; :mod:`vrp.models.sites`) keeps ``hidden[:, -1]`` of the first forward call, the
 prefill, whose last position is the decision position (the last prompt token; prompts are
 left-padded, so it is the last column for every row). Decode steps pass the hook untouched.
-No second forward pass. Hooks exist only while :meth:`Monitor.ask_many` runs.
+No second forward pass. Hooks exist only while :meth:`Monitor.ask_many` runs. A monitor with a
+consistency head (exported from a run with samples) reads its layer's residual in the same
+prefill (one hook per distinct layer) and returns the predicted self-consistency beside
+p_correct: no sampling at ask time.
 
 The residual is rounded to float16 before the probe, as the run stored it for training, so
 the monitor's p_correct is the probe's ``predict_proba`` on the stored activation: in the
@@ -41,6 +44,9 @@ class Answer:
         abstain: ``p_correct < threshold``: do not trust this answer.
         threshold: the threshold it was compared with.
         token_ids: the generated token ids up to and including the first EOS.
+        predicted_consistency: the consistency head's prediction of the answer's self-consistency
+            S_SC (the share of K sampled answers that would agree), from the same greedy pass;
+            None when the monitor has no consistency head.
     """
 
     text: str
@@ -48,6 +54,7 @@ class Answer:
     abstain: bool
     threshold: float
     token_ids: tuple[int, ...] = ()
+    predicted_consistency: float | None = None
 
 
 class Monitor:
@@ -58,6 +65,8 @@ class Monitor:
         info: the content of ``monitor.json``.
         threshold: answers with ``p_correct`` below it are flagged ``abstain``.
         probe: the one-layer :class:`vrp.probes.linear.LayerwiseLogistic` it applies.
+        consistency_head: the one-layer :class:`vrp.probes.consistency.ConsistencyHead` it applies
+            for ``predicted_consistency``, or None (a monitor exported without one).
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], info: dict, directory: Path | None = None):
@@ -81,7 +90,28 @@ class Monitor:
         self._round = {"float16": torch.float16, "float32": torch.float32}.get(p["input_dtype"])
         if self._round is None:
             raise MonitorError(f"monitor.json: unsupported probe.input_dtype {p['input_dtype']!r}")
+        self.consistency_head, self.head_layer, self._head = None, None, None
+        if "consistency_head" in info:
+            self._load_head(arrays, info["consistency_head"])
         self.adapter: Any = None
+
+    def _load_head(self, arrays: dict[str, np.ndarray], h: dict) -> None:
+        from vrp.probes.consistency import ConsistencyHead
+
+        self.head_layer = int(h["residual_layer"])
+        head = ConsistencyHead(C=h.get("C") or 1.0, layer=0)
+        head.coef_ = arrays["consistency.coef"][None].astype(np.float32)  # [1, d]
+        head.intercept_ = arrays["consistency.intercept"].astype(np.float32)  # [1]
+        head.mean_ = arrays["consistency.mean"][None].astype(np.float32)
+        head.scale_ = arrays["consistency.scale"][None].astype(np.float32)
+        self.consistency_head = head
+        self._head = tuple(
+            torch.from_numpy(np.ascontiguousarray(getattr(head, k)[0], dtype=np.float32))
+            for k in ("coef_", "mean_", "scale_", "intercept_")
+        )
+        self._head_round = {"float16": torch.float16, "float32": torch.float32}.get(h["input_dtype"])
+        if self._head_round is None:
+            raise MonitorError(f"monitor.json: unsupported consistency_head.input_dtype {h['input_dtype']!r}")
 
     @classmethod
     def load(cls, directory: str | Path, threshold: float | None = None) -> Monitor:
@@ -186,12 +216,20 @@ class Monitor:
         product, float64 sigmoid. It agrees with ``self.probe.predict_proba(x)[:, 1]`` (x the
         rounded residuals [n, d]) up to float32 summation order (~1e-6 relative).
         """
-        h = torch.as_tensor(residuals).detach().to("cpu", torch.float32)  # [n, d]
-        x = h.to(self._round).to(torch.float32)
-        # an elementwise product summed per row (not a matmul, whose kernels may treat rows of a
-        # batch differently): a row's p_correct does not depend on the other rows of its batch
-        logits = (((x - self._mean) / self._scale) * self._coef).sum(-1) + self._intercept  # [n] float32
-        return expit(logits.numpy().astype(np.float64))  # scipy's elementwise loop, as the probe's
+        return _linear_sigmoid(residuals, self._round, self._coef, self._mean, self._scale, self._intercept)
+
+    def predicted_consistency(self, residuals) -> np.ndarray:
+        """Predicted self-consistency [n] from decision-position residuals [n, d] of the head's layer.
+
+        The arithmetic of :meth:`p_correct` with the head's arrays: equal to
+        ``self.consistency_head.predict(x)`` (x the rounded residuals) up to float32 summation order.
+
+        Raises:
+            MonitorError: the monitor has no consistency head.
+        """
+        if self._head is None:
+            raise MonitorError("this monitor has no consistency head (export it from a run made with --samples K)")
+        return _linear_sigmoid(residuals, self._head_round, *self._head)
 
     def ask(self, image, question: str) -> Answer:
         """Answer one question about one image (a PIL image or a path)."""
@@ -228,28 +266,35 @@ class Monitor:
         ad = self.adapter
         model, tok = ad.model, ad.tokenizer
         enc = ad.model_inputs(images, [ad.prompt(q) for q in questions])
-        kept: list[torch.Tensor] = []  # the prefill's last position: the decision position of every row
+        layers = dict.fromkeys([self.residual_layer] + ([] if self.head_layer is None else [self.head_layer]))
+        kept: dict[int, torch.Tensor] = {}  # per residual layer, the prefill's last position: the decision position
 
-        def keep_prefill(h: torch.Tensor) -> None:
-            if not kept:
-                kept.append(h[:, -1, :].detach())
+        def keep_prefill(layer: int):
+            def keep(h: torch.Tensor) -> None:
+                if layer not in kept:
+                    kept[layer] = h[:, -1, :].detach()
 
-        with torch.no_grad(), hooks(ad, {residual_site(self.residual_layer): keep_prefill}):
+            return keep
+
+        taps = {residual_site(layer): keep_prefill(layer) for layer in layers}  # one hook per distinct layer
+        with torch.no_grad(), hooks(ad, taps):
             seq = model.generate(
                 **enc,
                 max_new_tokens=int(self.info["generation"]["max_new_tokens"]),
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
             )
-        if not kept or kept[0].shape[0] != len(questions):
-            raise RuntimeError(f"the probe's layer {self.residual_layer} was not reached during prefill")
-        p = self.p_correct(kept[0])
+        for layer in layers:
+            if layer not in kept or kept[layer].shape[0] != len(questions):
+                raise RuntimeError(f"the monitor's residual layer {layer} was not reached during prefill")
+        p = self.p_correct(kept[self.residual_layer]).tolist()
+        sc = [None] * len(p) if self.head_layer is None else self.predicted_consistency(kept[self.head_layer]).tolist()
         gen = seq[:, enc["input_ids"].shape[1] :].tolist()
         answers = []
-        for ids, pc in zip(gen, p.tolist(), strict=True):
+        for ids, pc, s in zip(gen, p, sc, strict=True):
             ids = ids[: min(answer_end(ids, ad.stop_token_ids) + 1, len(ids))]  # up to the first stop token
             text = decode_answer(tok, ids, ad.stop_token_ids)  # as vrp run decodes
-            answers.append(Answer(text, pc, not pc >= self.threshold, self.threshold, tuple(ids)))
+            answers.append(Answer(text, pc, not pc >= self.threshold, self.threshold, tuple(ids), s))
         return answers
 
     def __repr__(self) -> str:
@@ -257,5 +302,20 @@ class Monitor:
         state = "attached" if self.attached else "not attached"
         return (
             f"Monitor({m.get('name')!r} {m['model_type']}, residual layer {self.residual_layer}, "
-            f"threshold {self.threshold:.4g}, {state})"
+            + ("" if self.head_layer is None else f"consistency head at residual layer {self.head_layer}, ")
+            + f"threshold {self.threshold:.4g}, {state})"
         )
+
+
+def _linear_sigmoid(residuals, rounding, coef, mean, scale, intercept) -> np.ndarray:
+    """``sigmoid(((round(h) - mean) / scale) . coef + intercept)`` [n] for residuals [n, d].
+
+    Float32 standardization and dot product, float64 sigmoid: the arithmetic of the offline
+    probes' predictions on the rounded residual.
+    """
+    h = torch.as_tensor(residuals).detach().to("cpu", torch.float32)  # [n, d]
+    x = h.to(rounding).to(torch.float32)
+    # an elementwise product summed per row (not a matmul, whose kernels may treat rows of a
+    # batch differently): a row's value does not depend on the other rows of its batch
+    logits = (((x - mean) / scale) * coef).sum(-1) + intercept  # [n] float32
+    return expit(logits.numpy().astype(np.float64))  # scipy's elementwise loop, as the probe's

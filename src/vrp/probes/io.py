@@ -29,6 +29,7 @@ REGISTRY: dict[str, str] = {  # class name -> module that defines it
     "StackedLogistic": "vrp.probes.linear",
     "MLPProbe": "vrp.probes.mlp",
     "TreeEnsembleProbe": "vrp.probes.trees",
+    "ConsistencyHead": "vrp.probes.consistency",
 }
 
 

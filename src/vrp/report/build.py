@@ -7,6 +7,7 @@ from pathlib import Path
 from vrp.fileio import atomic_write_bytes
 from vrp.report.cases import cases_section
 from vrp.report.config import ReportConfig
+from vrp.report.consistency import consistency_section
 from vrp.report.data import finite, load_run
 from vrp.report.effects import interventions_section
 from vrp.report.html import page
@@ -42,6 +43,7 @@ def build_report(run_dir: Path, *, layer: int | None = ReportConfig.layer, n_cas
     sections = [
         run_section(run),
         predictors_section(run),
+        consistency_section(run),
         layers_section(run),
         selective_section(run),
         cases_section(run, layer, n_cases),
