@@ -78,7 +78,9 @@ class _Taps:
     step's query): the residual stream (``embed`` and each block's ``resid_post``) and the
     sub-block writes (``attn_out``, ``mlp_out``)."""
 
-    def __init__(self, keep: list[int], want_res: bool, want_writes: bool, dtype: torch.dtype):
+    def __init__(
+        self, keep: list[int], want_res: bool, want_writes: bool, dtype: torch.dtype, heads: list[int] | None = None
+    ):
         self.calls: dict[str, list[torch.Tensor]] = {}  # site -> per call [B, d]
         names = []
         if want_res:
@@ -87,13 +89,20 @@ class _Taps:
             names += [block_site(i, kind) for kind in ("attn_out", "mlp_out") for i in keep]
         for name in names:
             self.calls[name] = []
+        # the heads' outputs (attn_z) of the attention blocks, at the decision position only
+        self.first: dict[str, list[torch.Tensor]] = {block_site(i, "attn_z"): [] for i in heads or []}
         self.dtype = dtype
 
     def fns(self) -> dict:
         def keep_last(calls: list[torch.Tensor]):
             return lambda h: calls.append(h[:, -1, :].detach().to(self.dtype))
 
-        return {name: keep_last(calls) for name, calls in self.calls.items()}
+        def keep_first(calls: list[torch.Tensor]):
+            return lambda h: None if calls else calls.append(h[:, -1, :].detach().float())
+
+        fns = {name: keep_last(calls) for name, calls in self.calls.items()}
+        fns.update({name: keep_first(calls) for name, calls in self.first.items()})
+        return fns
 
 
 def image_sizes(images: list) -> list[tuple[int, int]]:
@@ -159,7 +168,7 @@ def _capture(adapter, images: list, prompts: list[str], cfg: CaptureConfig, keep
     # model's linear-attention blocks have none: they are absent, never filled in)
     with_attention = set(adapter.attention_blocks())
     att_keep = [i for i in keep if i in with_attention]
-    taps = _Taps(keep, cfg.residuals, cfg.writes, _DTYPES[cfg.dtype])
+    taps = _Taps(keep, cfg.residuals, cfg.writes, _DTYPES[cfg.dtype], heads=att_keep if cfg.writes else None)
     recorder = AttentionRecorder(set(att_keep))
     with (
         torch.no_grad(),
@@ -236,9 +245,12 @@ def _assemble(
     res = attn_w = mlp_w = None
     if cfg.residuals:
         res = stack_sites(["embed"] + [block_site(i, "resid_post") for i in keep])  # [B, calls, 1+L, d]
+    z = None
     if cfg.writes:
         attn_w = stack_sites([block_site(i, "attn_out") for i in keep])  # [B, calls, L, d]
         mlp_w = stack_sites([block_site(i, "mlp_out") for i in keep])
+        if taps.first and all(taps.first.values()):  # [B, L_att, H * hd] at the decision position
+            z = torch.stack([c[0] for c in taps.first.values()], dim=1).cpu().numpy()
     np_dtype = _NP_DTYPES[cfg.dtype]
 
     rows = _prompt_rows(recorder, att_keep, n_calls, input_len) if cfg.attention and att_keep else None
@@ -259,6 +271,8 @@ def _assemble(
         if attn_w is not None:
             rec.attn_write = attn_w[b, :T].astype(np_dtype)
             rec.mlp_write = mlp_w[b, :T].astype(np_dtype)
+        if z is not None:
+            rec.attn_z = z[b]  # float32: the head attribution sums to the block's write
         if rows is not None:
             _attach_attention(rec, rows, b, T, grids[b])
         records.append(rec)

@@ -35,6 +35,9 @@ class ItemCapture:
     residual: np.ndarray | None = None  # [T, L + 1, d] at the step's query position
     attn_write: np.ndarray | None = None  # [T, L, d] attention sub-block output added to the residual
     mlp_write: np.ndarray | None = None  # [T, L, d] MLP sub-block output added to the residual
+    # [L_att, H * head_dim] float32: the heads' outputs (site attn_z) at the decision position, on the
+    # blocks of ``attention_layers`` (for the heads' direct logit attribution)
+    attn_z: np.ndarray | None = None
     # Per image: attention of each step's query to that image's tokens on its canonical view's grid.
     image_attention: list[np.ndarray] = field(default_factory=list)  # each [L, H, T, rows, cols]
     # Per image, per view (``grids[i].views``): the same on every view's grid (the canonical

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from vrp.config import DEVICE
 from vrp.models.grids import ImageGrid, full_box, single_view
 
@@ -246,6 +248,44 @@ class ModelAdapter:
                 logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def head_contributions(self, attn_z: Any, direction: Any, blocks: Sequence[int]) -> np.ndarray:
+        """Direct logit attribution of every attention head at one position.
+
+        Head ``h`` of block ``l`` writes ``o_h = W_O[:, h] z_h`` (its slice of the output
+        projection times its output); where the block's attention write is a post-norm of the
+        projection (Gemma 3: ``post_attention_layernorm``), the norm's scale at the block's own
+        total output is applied to each head (``norm(x) = x * s(x)`` with ``s`` taken at the
+        total, so the heads still sum to the block's write). The contribution is that write
+        projected on the readout ``direction``; a bias of the projection belongs to no head.
+
+        Args:
+            attn_z: ``[len(blocks), H * head_dim]`` the heads' outputs (site ``attn_z``).
+            direction: ``[d]`` the readout direction (``LensReadout.direction``).
+            blocks: decoder blocks of the rows of ``attn_z``.
+
+        Returns:
+            ``[len(blocks), H]`` float32 contributions in logits.
+        """
+        import torch
+
+        n_heads = int(self.text_config.num_attention_heads)
+        out = []
+        with torch.no_grad():
+            for row, layer in enumerate(blocks):
+                o_proj = self.layer_module(layer, "o_proj")
+                w = o_proj.weight.float()  # [d, H * hd]
+                z = torch.as_tensor(np.asarray(attn_z[row]), dtype=torch.float32, device=w.device)
+                dvec = torch.as_tensor(np.asarray(direction), dtype=torch.float32, device=w.device)
+                write_module = self.layer_module(layer, "attn")
+                if write_module is not o_proj and not any(m is o_proj for m in write_module.modules()):
+                    total = w @ z + (o_proj.bias.float() if o_proj.bias is not None else 0.0)  # the norm's input
+                    normed = _apply_float(write_module, total)
+                    scale = torch.where(total != 0, normed / torch.where(total != 0, total, 1.0), 0.0)
+                    dvec = dvec * scale
+                u = w.T @ dvec  # [H * hd]
+                out.append((u * z).reshape(n_heads, -1).sum(-1).cpu().numpy())
+        return np.asarray(out, dtype=np.float32).reshape(len(blocks), n_heads)
+
     # What the structural signals read of each image (recorded in a run's manifest).
     canonical_view: ClassVar[str] = "the image's one grid"
 
@@ -361,3 +401,13 @@ def size_field(size: Any, key: str) -> int | None:
         return None
     v = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
     return int(v) if v else None
+
+
+def _apply_float(module: Any, x: Any) -> Any:
+    """``module(x)`` computed in float32 without changing the module (a norm's own precision)."""
+    import torch
+
+    p = next(module.parameters(), None)
+    with torch.no_grad():
+        y = module(x.to(p.dtype if p is not None else x.dtype)[None])[0]
+    return y.float()

@@ -254,13 +254,18 @@ class Trace:
         view = cap.grids[0].view  # the canonical view of the item's (first) image
         boxes = tuple(b for r in self.item.regions if (b := view.to_grid(r["box"])) is not None)
         top_ids = lens.top_ids if lens is not None else model.logit_lens(cap.residual[0]).argmax(-1).cpu().numpy()
+        head_contrib = None
+        if lens is not None and lens.direction is not None and cap.attn_z is not None:
+            att = set(model.attention_blocks())
+            blocks = [b for b in cap.layers if b in att]
+            head_contrib = model.head_contributions(cap.attn_z, lens.direction, blocks)
         self._cache["inputs"] = SignalInputs(
             task=self.item.task, answer_ids=cap.answer_ids, logprobs=cap.logprobs, n_content=len(self.answer_tokens),
             stop=stop, image_attention=cap.image_attention[0], image_mass=cap.image_mass, regions=boxes,
             ref_logits=None if lens is None else lens.ref_logits,
             rival_logits=None if lens is None else lens.rival_logits,
             lens_top_ids=top_ids, readout_direction=None if lens is None else lens.direction,
-            attn_write=cap.attn_write[0], mlp_write=cap.mlp_write[0],
+            attn_write=cap.attn_write[0], mlp_write=cap.mlp_write[0], head_contrib=head_contrib,
             samples=None if self.sampled is None else self.sampled.texts,
             rho=self.config.rho, rho_rule=self.config.rho_rule,
             attention_blocks=None if cap.attention_layers == cap.layers else cap.attention_layers,
