@@ -330,3 +330,21 @@ def test_pointing_hit():
     assert st.pointing_hit(q, mask) is False
     mask[0, 0] = True
     assert st.pointing_hit(q, mask) is True
+
+
+@pytest.mark.parametrize("rule", ["mass", "patches"])
+@pytest.mark.parametrize("rho", [0.1, 0.5, 0.9, 1.0])
+def test_many_maps_at_once_equal_one_at_a_time(rule, rho):
+    """top_mass_masks / secondary_components_many (vectorized, for every head of every block)
+    equal the one-map functions, ties included (lowest flat index first)."""
+    rng = np.random.default_rng(3)
+    maps = rng.random((3, 5, 6, 7)) ** 4
+    maps[0, 0] = 0
+    maps[0, 0, 2, 3] = 1  # one-hot
+    maps[0, 1] = 1.0  # all tied
+    maps[1, 2] = np.round(maps[1, 2] * 5) + 1  # many ties
+    maps /= maps.sum(axis=(-2, -1), keepdims=True)
+    one = np.array([[st.top_mass_mask(m, rho, rule) for m in row] for row in maps])
+    np.testing.assert_array_equal(st.top_mass_masks(maps, rho, rule), one)
+    comps = np.array([[st.secondary_components(m, rho, rule) for m in row] for row in maps])
+    np.testing.assert_array_equal(st.secondary_components_many(maps, rho, rule), comps)

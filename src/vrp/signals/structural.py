@@ -144,6 +144,50 @@ def secondary_components(p2d: np.ndarray, rho: float = TraceConfig.rho, rule: Ru
     return component_count(top_mass_mask(p2d, rho, rule)) - 1
 
 
+def top_mass_masks(p: np.ndarray, rho: float = TraceConfig.rho, rule: Rule = "mass") -> np.ndarray:
+    """:func:`top_mass_mask` of every map of ``p`` ``[..., rows, cols]`` at once (same rule, same
+    tie-breaking), as a boolean array of ``p``'s shape."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim < 2:
+        raise ValueError(f"expected [..., rows, cols], got shape {p.shape}")
+    if not 0 < rho <= 1:
+        raise ValueError(f"rho must be in (0, 1], got {rho}")
+    if rule not in ("mass", "patches"):
+        raise ValueError(f"rule must be 'mass' or 'patches', got {rule!r}")
+    flat = p.reshape(-1, p.shape[-2] * p.shape[-1])  # [m, n]
+    n = flat.shape[1]
+    desc = -np.sort(-flat, axis=1)  # values, largest first (ties need no order here)
+    if rule == "mass":
+        cum = np.cumsum(desc, axis=1)
+        if (cum[:, -1] <= 0).any():
+            raise ValueError("top_mass_masks: a map has zero total mass")
+        k = (cum / cum[:, -1:] < rho - 1e-12).sum(axis=1) + 1  # searchsorted(side="left") + 1, per row
+    else:
+        k = np.full(len(flat), math.ceil(rho * n - 1e-9))
+    k = np.clip(k, 1, n)
+    # the k-th largest value; patches above it are in, ties at it go in lowest flat index first
+    v = np.take_along_axis(desc, (k - 1)[:, None], axis=1)  # [m, 1]
+    above = flat > v
+    tie = flat == v
+    need = k[:, None] - above.sum(axis=1, keepdims=True)
+    return (above | (tie & (np.cumsum(tie, axis=1) <= need))).reshape(p.shape)
+
+
+def secondary_components_many(p: np.ndarray, rho: float = TraceConfig.rho, rule: Rule = "mass") -> np.ndarray:
+    """:func:`secondary_components` of every map of ``p`` ``[..., rows, cols]``: one labelling of
+    the stacked masks, components connected within a map only. Returns ``p.shape[:-2]`` ints."""
+    masks = top_mass_masks(p, rho, rule)
+    stack = masks.reshape(-1, *masks.shape[-2:])  # [m, rows, cols]
+    within = np.zeros((3, 3, 3), dtype=bool)
+    within[1] = _CROSS  # 4-neighbours in the map's plane, never across maps
+    labels, n = ndimage.label(stack, structure=within)
+    # labels are numbered in scan order, so each map's labels are one contiguous range
+    first = np.where(stack.any(axis=(1, 2)), np.where(labels > 0, labels, n + 1).min(axis=(1, 2)), 0)
+    last = labels.max(axis=(1, 2))
+    counts = np.where(last > 0, last - first + 1, 0)
+    return (counts - 1).reshape(masks.shape[:-2])
+
+
 def dbscan_components(mask: np.ndarray, eps: float = 1.5, min_samples: int = 3) -> int:
     """DBSCAN clusters (noise excluded) on the (row, col) coordinates of the kept patches.
 
