@@ -102,7 +102,9 @@ def test_needs_is_what_each_signal_reads(maps):
     no_region = compute(_inputs(maps)).values
     assert {n for n, x in no_region.items() if math.isnan(x)} == {s.name for s in SIGNALS if s.needs == "gold region"}
     no_samples = compute(_inputs(maps, regions=((0.0, 0.0, 0.5, 0.4),), samples=None)).values
-    assert {n for n, x in no_samples.items() if math.isnan(x)} == {"self_consistency", "answer_entropy"}
+    assert {n for n, x in no_samples.items() if math.isnan(x)} == {
+        "self_consistency", "answer_entropy", "semantic_entropy", "semantic_consistency"
+    }  # fmt: skip
     gold_curves = compute(_inputs(maps, ref_logits=None, rival_logits=None, readout_direction=None)).curves
     assert {n for n, c in gold_curves.items() if np.isnan(c.astype(float)).all()} >= {
         c.name for c in CURVES if c.needs == "gold answer"

@@ -105,10 +105,24 @@ def _check_resumable(run_dir: Path, identity: dict) -> None:
         diffs.append("the run was made by an older vrp, without the hash of the weights' bytes")
     elif old["model_content_sha256"] != identity.get("model_content_sha256"):
         diffs.append("the model's weights differ (same config and file sizes, different bytes)")
+    if old.get("nli_model_content_sha256") != identity.get("nli_model_content_sha256"):
+        diffs.append("the NLI model's weights differ")
     raise RunExistsError(
         f"{run_dir} holds a run made with a different setup ({'; '.join(diffs)}); "
         "resume it with the same options, choose another --out, or use --force to overwrite it"
     )
+
+
+def _check_nli(cfg: RunConfig) -> dict | None:
+    """The ``--nli-model`` checkpoint's labels and hashes for the manifest (None without one);
+    a missing or non-NLI folder raises :class:`vrp.models.nli.NotAnNLIModelError` here, before
+    the run starts."""
+    if cfg.nli_model is None:
+        return None
+    from vrp.models.nli import check_nli_model
+
+    labels = check_nli_model(cfg.nli_model)
+    return {**model_identity(cfg.nli_model), **labels.describe()}
 
 
 def _clear(run_dir: Path) -> None:
@@ -188,10 +202,13 @@ def _run_locked(cfg: RunConfig, run_dir: Path, force: bool, on_progress: Progres
     model_path = resolve_model_path(cfg.model)
     model_type = read_model_type(model_path)
     family = adapter_for(model_type)  # a bad or unsupported model fails here, before any work
+    nli = _check_nli(cfg)  # likewise a missing or non-NLI --nli-model
     loaded, provenance = load_data(cfg.data, run_dir, cfg.seed, cfg.world_images)
     items = loaded.items[: cfg.limit] if cfg.limit else loaded.items
     model_id = model_identity(model_path)  # reads the weights' sampled bytes: once per run
     identity = _identity(cfg, items, model_id)
+    if nli is not None:  # the judge's weights decide the semantic clusters (absent: default runs keep their identity)
+        identity["nli_model_content_sha256"] = nli["content_sha256"]
     resuming = (run_dir / "manifest.json").exists()
     if resuming:
         _check_resumable(run_dir, identity)
@@ -209,7 +226,10 @@ def _run_locked(cfg: RunConfig, run_dir: Path, force: bool, on_progress: Progres
             "versions": versions(), "seed": cfg.seed, "started": started,
             "model": {"name": cfg.model, "model_type": model_type, "canonical_view": family.canonical_view, **model_id},
             "counts": {"items_loaded": len(loaded.items), "items": len(items), "batches": len(spans)},
+            "semantic_clustering": "canonical" if nli is None else f"nli:{nli['path']}",
         }  # fmt: skip
+        if nli is not None:
+            manifest["nli_model"] = nli
         atomic_write_json(run_dir / "manifest.json", manifest)
         log.info(
             "%s: %d items in %d batches, %d already committed", run_dir, len(items), len(spans), len(spans) - len(todo)

@@ -9,6 +9,7 @@ depends only on its items and the config, never on which process or engine ran i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -46,6 +47,11 @@ class BatchWorker:
         with_attention = set(adapter.attention_blocks())
         self.stored_attention = [b for b in self.stored if b in with_attention]
         self.trace_cfg = cfg.trace_config()
+        self.nli = None  # the judge of the semantic clusters (--nli-model), on the run's device
+        if cfg.nli_model is not None:
+            from vrp.models.nli import NLIModel
+
+            self.nli = NLIModel(cfg.nli_model, device=cfg.device)
 
     # ---- one batch ------------------------------------------------------------------
 
@@ -100,12 +106,14 @@ class BatchWorker:
         from vrp.tracing import trace_batch
 
         out = []
-        for t in trace_batch(self.adapter, items, images, self.trace_cfg):
+        traces = trace_batch(self.adapter, items, images, self.trace_cfg)
+        semantic = self._semantic_values(traces)
+        for t, sem in zip(traces, semantic, strict=True):
             it, result = t.item, t.signal_result()
             row = {
                 "id": it.id, "task": it.task, "question": it.question, "answer": t.answer, "gold": list(it.answers),
                 "score": t.score, "correct": t.correct, "image": it.image, "n_answer_tokens": len(t.answer_tokens),
-                "meta": json.dumps(it.meta, sort_keys=True), "samples": list(t.samples), **result.values,
+                "meta": json.dumps(it.meta, sort_keys=True), "samples": list(t.samples), **result.values, **sem,
             }  # fmt: skip
             arrays = {f"curve.{name}": curve for name, curve in result.curves.items()}
             if self.cfg.store_attention != "none" and self.stored_attention:
@@ -121,6 +129,21 @@ class BatchWorker:
                 keep = [0] + [i + 1 for i in self.stored]  # residual index: 0 = embed, l + 1 = block l
                 arrays["residual"] = t.capture.residual[0][keep].astype(np.float16)
             out.append((row, arrays))
+        return out
+
+    def _semantic_values(self, traces: list) -> list[dict[str, float]]:
+        """With ``--nli-model``, each trace's semantic signals over the NLI judge's clusters of its
+        samples (one batched judge call for all pairs of all items); without, nothing to replace."""
+        from vrp.signals.catalog import BY_NAME, SEMANTIC, Context
+        from vrp.signals.semantic import cluster_batch
+
+        if self.nli is None:
+            return [{} for _ in traces]
+        clusters = cluster_batch([t.item.question for t in traces], [t.samples for t in traces], self.nli.entails)
+        out = []
+        for t, labels in zip(traces, clusters, strict=True):
+            ctx = Context(dataclasses.replace(t.signal_inputs(), semantic_clusters=tuple(labels)))
+            out.append({name: BY_NAME[name].compute(ctx) for name in SEMANTIC})
         return out
 
 
