@@ -31,7 +31,8 @@ Arrays (float16 unless noted; ``n`` = answered items of the shard, in row order)
                               ``row`` indexes the shard's rows (renumbered when shards merge)
     view_box                  [n, 4] float32 (x0, y0, x1, y1): the pixel box of the image that the
                               attention maps' grid spans (its canonical view), with attention stored
-    curve.<name>              [n, L] or [n, L + 1] float32 per-layer curves (vrp.signals.catalog.CURVES; docs/run-directory.md)
+    curve.<name>              [n, L], [n, L + 1] or [n, L, H] per-layer (per-head) curves (vrp.signals.catalog.CURVES;
+                              docs/run-directory.md)
 """
 
 from __future__ import annotations
