@@ -117,6 +117,12 @@ def test_generated_table_matches_its_source(script: str, block: str, page: str) 
     assert written == module.table(), f"docs/{page} is stale: run python scripts/{script}.py --write"
 
 
+def test_derived_signal_table_matches_the_catalog() -> None:
+    module = _script("signal_table")
+    written = _script("readme_block").block("derived-table", (DOCS / "signals.md").read_text())
+    assert written == module.derived_table(), "docs/signals.md is stale: run python scripts/signal_table.py --write"
+
+
 def test_intervention_table_block_is_in_its_page() -> None:
     # regenerating it takes 12 minutes of experiments; check only that the script writes where the table is
     module = _script("intervention_tables")
