@@ -62,6 +62,7 @@ def run_section(run: RunData) -> Section:
         ("items", counts.get("items", len(run.items))), ("answered", counts.get("answered", len(run.items))),
         ("failed", counts.get("failed", len(run.failures))), ("started", m.get("started", "?")),
         ("finished", m.get("finished", "?")),
+        ("semantic clusters", m.get("semantic_clustering", "canonical")),  # --nli-model: nli:PATH
     ]))  # fmt: skip
     acc = accuracy(run)
     rows = [(t, a) for t, a in acc["by_task"].items()] + [("all", acc["overall"])]
