@@ -145,3 +145,13 @@ def test_a_classifier_without_an_entailment_label_is_a_clear_error(tmp_path):
 def test_nli_needs_samples(tmp_path):
     msg = _refused(tmp_path, tmp_path, "--samples", "0")
     assert "nli_model" in msg and "samples >= 1" in msg
+
+
+def test_the_judges_weights_are_part_of_the_runs_identity(tmp_path):
+    model, out = tiny_nli(tmp_path / "nli"), tmp_path / "run"
+    args = ("--limit", "2", "--nli-model", str(model))
+    cli_run(out, *ARGS, *args)
+    cli_run(out, *ARGS, *args)  # the same judge: resumes (nothing left to do)
+    tiny_nli(model, seed=1)  # same path and config, other weights
+    res = CliRunner().invoke(app, ["run", "--answer-only", "--model", "toy-llava", "--out", str(out), *ARGS, *args])
+    assert res.exit_code == 2 and "the NLI model's weights differ" in " ".join(res.output.split()), res.output

@@ -105,7 +105,8 @@ def _check_resumable(run_dir: Path, identity: dict) -> None:
         diffs.append("the run was made by an older vrp, without the hash of the weights' bytes")
     elif old["model_content_sha256"] != identity.get("model_content_sha256"):
         diffs.append("the model's weights differ (same config and file sizes, different bytes)")
-    if old.get("nli_model_content_sha256") != identity.get("nli_model_content_sha256"):
+    same_nli_path = old["config"].get("nli_model") == identity["config"].get("nli_model")
+    if same_nli_path and old.get("nli_model_content_sha256") != identity.get("nli_model_content_sha256"):
         diffs.append("the NLI model's weights differ")
     raise RunExistsError(
         f"{run_dir} holds a run made with a different setup ({'; '.join(diffs)}); "
