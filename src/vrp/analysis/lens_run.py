@@ -273,3 +273,41 @@ def read_margins(run_dir: Path) -> tuple[list[str], list[int], np.ndarray] | Non
     layers = [int(c.partition("@")[2]) for c in cols]
     values = np.stack([t.column(c).to_numpy(zero_copy_only=False) for c in cols], axis=1).astype(np.float64)
     return t.column("id").to_pylist(), layers, values
+
+
+def layer_columns(run_dir: Path, correct: dict, residual_layers: list[int], cfg) -> dict[str, list]:
+    """The tuned-lens columns of ``analysis/layers.parquet`` ({} without a tuned lens): per residual
+    layer, the mean tuned-lens margin of correct and of wrong items with its bootstrap CI
+    (``tuned_margin_{correct,wrong}_{mean,ci_low,ci_high}``) and its AUROC (``tuned_margin_auroc``);
+    NaN at a layer the lens does not read.
+
+    Args:
+        run_dir: the run directory.
+        correct: item id -> correctness label.
+        residual_layers: the table's rows.
+        cfg: ``AnalyzeConfig`` (n_boot, level, seed).
+    """
+    from vrp.stats.auroc import auroc
+    from vrp.stats.effects import mean_ci
+
+    got = read_margins(run_dir)
+    if got is None:
+        return {}
+    ids, layers, margin = got
+    keep = [k for k, i in enumerate(ids) if i in correct]
+    y = np.array([bool(correct[ids[k]]) for k in keep])
+    margin = margin[keep]
+    rng = np.random.default_rng(cfg.seed)
+    at = {layer: k for k, layer in enumerate(layers)}
+    out: dict[str, list] = {}
+
+    def spread(values) -> list:  # lens layers -> the table's rows
+        return [float(values[at[r]]) if r in at else float("nan") for r in residual_layers]
+
+    for label, mask in (("correct", y), ("wrong", ~y)):
+        for stat, v in zip(
+            ("mean", "ci_low", "ci_high"), mean_ci(margin[mask], cfg.n_boot, cfg.level, rng), strict=True
+        ):
+            out[f"tuned_margin_{label}_{stat}"] = spread(v)
+    out["tuned_margin_auroc"] = spread([float(auroc(margin[:, k], y)) for k in range(margin.shape[1])])
+    return out
