@@ -8,6 +8,7 @@ from vrp.report import figures as F
 from vrp.report.curves import Split, curve_split, margin_split, mlp_share_split
 from vrp.report.data import RunData
 from vrp.report.html import Section, esc, howto, img, missing
+from vrp.report.lens import TUNED_AUROC_LABEL, tuned_lens_figures
 from vrp.signals.catalog import CURVE_BY_NAME
 
 AXIS_LABEL = {"residual": "residual layer (0 = embeddings)", "block": "decoder block"}
@@ -67,6 +68,8 @@ def _layer_auroc_figure(run: RunData) -> str:
     names = [c for c in ("margin_auroc", "attn_entropy_auroc", "attn_peakiness_auroc", "attn_region_ratio_auroc",
                          "attn_image_mass_auroc") if c in lt]  # fmt: skip
     bands = [F.Band(_curve_label(c.removesuffix("_auroc")), lt[c].to_numpy(np.float64)) for c in names]
+    if "tuned_margin_auroc" in lt:  # `vrp lens train`
+        bands.insert(1, F.Band(TUNED_AUROC_LABEL, lt["tuned_margin_auroc"].to_numpy(np.float64)))
     png = F.band_plot(x, bands, "AUROC per layer of single signals", AXIS_LABEL["residual"], "AUROC (oriented)",
                       hline=0.5)  # fmt: skip
     cap = ("From analysis/layers.parquet: the truth margin read at each residual layer, and each structural curve "
@@ -86,7 +89,9 @@ def layers_section(run: RunData, n_boot: int = 2000) -> Section:
         "answer. Spatial entropy H_s measures how spread out the attention over image patches is (lower = more "
         "focused); Delta H_s is its change from the previous block. The MLP share is the fraction of the margin "
         "written at a block that comes from its MLP rather than its attention sub-block. Residual layers count "
-        "from 0 = embeddings; decoder blocks from 0 (block k writes residual layer k + 1)."
+        "from 0 = embeddings; decoder blocks from 0 (block k writes residual layer k + 1). With a tuned lens "
+        "(<code>vrp lens train</code>), the margin is also read through each layer's translator, trained to match "
+        "the model's own output, and its KL to that output is drawn beside the logit lens's."
     )]  # fmt: skip
     figs = [_probe_figure(run)]
     ms = margin_split(run, n_boot)
@@ -96,6 +101,7 @@ def layers_section(run: RunData, n_boot: int = 2000) -> Section:
         figs.append(_figure(_split_figure(ms, "Truth margin, correct vs wrong", "margin (logits)", hline=0.0),
                             "truth margin per layer", f"Mean and 95% CI from {esc(ms.source)}. Reads the gold "
                             "answer: a diagnostic, not available to a deployed monitor."))  # fmt: skip
+    figs.extend(tuned_lens_figures(run, _split_figure, n_boot))
     for key, title, ylabel, hline in (
         ("curve.attn_entropy", "Spatial entropy H_s, correct vs wrong", "H_s (nats)", None),
         ("curve.attn_entropy_delta", "Delta H_s (change from previous block)", "Delta H_s (nats)", 0.0),
