@@ -131,6 +131,11 @@ def _structural_section(t: pd.DataFrame) -> Section:
     return Section("structural", "Structural attention vs correctness", "".join(parts))
 
 
+def _lens_label(model: str, lens: str | None = "logit") -> str:
+    """A margin-formation row's model, marked when it is read through the run's tuned lens."""
+    return f"{model} (tuned lens)" if lens == "tuned" else str(model)
+
+
 def _margin_section(form: pd.DataFrame, curves: pd.DataFrame) -> Section:
     guide = howto(
         "Table 3 of the paper. The logit lens reads every residual layer through the model's own final norm and "
@@ -140,7 +145,9 @@ def _margin_section(form: pd.DataFrame, curves: pd.DataFrame) -> Section:
         "compare. The <em>emergence layer</em> is the first layer from which the gap's CI stays above 0 to the end; "
         "the layers before it are the <em>silent phase</em>; the <em>peak layer</em> maximizes the gap (its CI: "
         "resampled argmax). The MLP share is |MLP write| / (|attention write| + |MLP write|) of the block that "
-        "writes the peak residual, projected on the readout direction, averaged over items. All of these read the "
+        "writes the peak residual, projected on the readout direction, averaged over items. A run with a tuned lens "
+        "(<code>vrp lens train</code>) has a second row and curve, <em>(tuned lens)</em>: the same margin read "
+        "through per-layer translators trained to match the model's output. All of these read the "
         "gold answer: they locate where reliability forms, they are not a deployable monitor."
     )
     if form.empty:
@@ -149,9 +156,10 @@ def _margin_section(form: pd.DataFrame, curves: pd.DataFrame) -> Section:
     if not curves.empty:
         figs = []
         for data, part in curves.groupby("data", sort=False):
-            series = [F.DepthCurve(str(m), g["depth"].to_numpy(float), g["gap"].to_numpy(float),
+            by = ["model", "lens"] if "lens" in part else ["model"]  # tuned-lens curves: `vrp lens train`
+            series = [F.DepthCurve(_lens_label(*m), g["depth"].to_numpy(float), g["gap"].to_numpy(float),
                                    g["gap_ci_low"].to_numpy(float), g["gap_ci_high"].to_numpy(float))
-                      for m, g in part.groupby("model", sort=False)]  # fmt: skip
+                      for m, g in part.groupby(by, sort=False)]  # fmt: skip
             png = F.depth_plot(series, f"truth-margin gap, correct − wrong ({data})",
                                "depth (residual layer / decoder blocks)", "gap (logits)")  # fmt: skip
             figs.append(f"<figure>{img(png, f'margin gap curves on {data}')}</figure>")
@@ -167,10 +175,11 @@ def _margin_section(form: pd.DataFrame, curves: pd.DataFrame) -> Section:
 
     rows = []
     for _, r in form.iterrows():
+        name = esc(_lens_label(r["model"], r.get("lens")))
         if r.get("undefined") and pd.isna(r.get("peak")):
-            rows.append([esc(r["model"]), esc(r["data"]), undefined(r["undefined"])] + [""] * 6)
+            rows.append([name, esc(r["data"]), undefined(r["undefined"])] + [""] * 6)
             continue
-        rows.append([esc(r["model"]), esc(r["data"]), str(int(r["L"])), str(int(r["silent"])) if pd.notna(r["silent"])
+        rows.append([name, esc(r["data"]), str(int(r["L"])), str(int(r["silent"])) if pd.notna(r["silent"])
                      else "—", layer(r, "emergence"), num(r["emergence_depth"], ".2f"), layer(r, "peak"),
                      num(r["peak_depth"], ".2f"), with_ci(r["peak_gap"], r["peak_gap_ci_low"], r["peak_gap_ci_high"], ".2f"),
                      with_ci(r["mlp_share_at_peak"], r["mlp_share_ci_low"], r["mlp_share_ci_high"], ".2f")])  # fmt: skip

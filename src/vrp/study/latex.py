@@ -143,7 +143,10 @@ def _formation(df):
         lo, hi = _get(r, f"{k}_ci_low"), _get(r, f"{k}_ci_high")
         return "--" if lo is None or hi is None else f"[{int(lo)}, {int(hi)}]"
 
-    rows = [[r["data"], r["model"], layer(r, "L"), layer(r, "silent"), f"{layer(r, 'emergence')} {rng(r, 'emergence')}",
+    def model(r):  # the tuned lens's rows (`vrp lens train`) follow their run's logit-lens row
+        return r["model"] + (" (tuned lens)" if r.get("lens") == "tuned" else "")
+
+    rows = [[r["data"], model(r), layer(r, "L"), layer(r, "silent"), f"{layer(r, 'emergence')} {rng(r, 'emergence')}",
              num(_get(r, "emergence_depth"), 2), f"{layer(r, 'peak')} {rng(r, 'peak')}", num(_get(r, "peak_depth"), 2),
              _ci(r, "peak_gap", "peak_gap_ci_low", "peak_gap_ci_high", 2),
              _ci(r, "mlp_share_at_peak", "mlp_share_ci_low", "mlp_share_ci_high", 2)] for _, r in df.iterrows()]  # fmt: skip

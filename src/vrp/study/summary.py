@@ -115,6 +115,7 @@ def _run_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
                                                 "p_delong": _f(r.get("p_delong"))}
                               for _, r in t.iterrows() if "diff" in r}  # fmt: skip
         f = form[(form["data"] == key[0]) & (form["model"] == key[1])] if not form.empty else form
+        f = f[f["lens"] == "logit"] if "lens" in f else f  # the claims read the logit lens (SPEC §4)
         if len(f):
             fr = f.iloc[0]
             L = _f(fr.get("L")) or float("nan")
