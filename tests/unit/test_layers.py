@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"tracing"},
     {"runs"},
     {"analysis", "interventions", "monitor", "toys", "study"},
-    {"report"},
+    {"report", "serve"},
     {"cli", "__init__"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
