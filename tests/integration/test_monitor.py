@@ -248,8 +248,9 @@ def test_cli_ask_batch(exported, probed, items, offline, tmp_path):
     for r in rows[:3]:
         assert r["answer"] == by_id.loc[r["id"], "answer"] and r["correct"] == by_id.loc[r["id"], "correct"]
         assert r["p_correct"] == pytest.approx(offline[r["id"]], abs=ATOL_OTHER_BATCH)
-        assert set(r) == {"id", "answer", "p_correct", "abstain", "score", "correct"}
-    assert set(rows[3]) == {"id", "answer", "p_correct", "abstain"}
+        assert set(r) == {"id", "answer", "p_correct", "abstain", "predicted_consistency", "score", "correct"}
+    assert set(rows[3]) == {"id", "answer", "p_correct", "abstain", "predicted_consistency"}
+    assert all(r["predicted_consistency"] is None for r in rows)  # a run without samples: no consistency head
     text = " ".join(res.output.split())
     for reason in ("ask_batch.jsonl:5", "image file not found", "duplicate id", "escapes the dataset folder",
                    "'question'", "answered 4", "skipped 5"):  # fmt: skip
