@@ -222,7 +222,8 @@ def test_partial_run_says_what_is_missing_and_loads_no_model_code(run):
     assert "image file not found: x.png" in page  # the failure is listed
     # per-layer curves still come from the shards
     assert "shards (curve.attn_entropy)" in page and "shards (curve.margin)" in page
-    assert page.count("<section id=") == 6
+    # run, predictors, consistency, layers, sparse circuits, selective, cases, interventions
+    assert page.count("<section id=") == 8
 
 
 def test_untrusted_text_is_escaped(run):

@@ -51,6 +51,8 @@ class AnalyzeConfig(Config):
         level: confidence level of the intervals.
         seed: seed of the resampling.
         ece_bins: bins of the expected calibration error.
+        units_top: sparse-circuit view: the top units by |coefficient| listed per layer (analysis/units.parquet).
+        units_layers: sparse-circuit view: residual layers listed besides the sparse probe's chosen one.
     """
 
     n_boot: int = 10_000
@@ -58,6 +60,8 @@ class AnalyzeConfig(Config):
     level: float = 0.95
     seed: int = 0
     ece_bins: int = 15
+    units_top: int = 10
+    units_layers: tuple[int, ...] | None = None
 
     def check(self) -> None:
         self.require(
@@ -67,4 +71,5 @@ class AnalyzeConfig(Config):
             ),
             (0 < self.level < 1, f"level must be in (0, 1), got {self.level}"),
             (self.ece_bins >= 1, f"ece_bins must be >= 1, got {self.ece_bins}"),
+            (self.units_top >= 1, f"units_top must be >= 1, got {self.units_top}"),
         )

@@ -142,7 +142,9 @@ def intervene(
                 tick(n)
             rows += effect_rows(cfg, cond, clean.answers, got, tasks)
             entry["conditions"].append({"label": cond.label, "layer": cond.layer, "control": cond.control,
-                                        "file": str(path.relative_to(run_dir))})  # fmt: skip
+                                        "file": str(path.relative_to(run_dir)),
+                                        **({"units": cond.spec["units"], "site": cond.spec["site"]}
+                                           if cond.kind == "neurons" else {})})  # fmt: skip
         _merge(out_dir / EFFECTS_FILE, EFFECTS, cfg.experiment, rows)
     _write_summary(out_dir, cfg.experiment, entry)
     return entry

@@ -6,7 +6,8 @@ intervention against the clean (unintervened) answers on the same items.
 ``patching.parquet`` -- one row per (experiment, site, layer): the fraction of the truth
 margin that restoring that site from the clean run recovers in the corrupted run.
 
-``summary.json`` -- ``{"experiments": {name: {"kind", "config", "n_items", "conditions": [...]}}}``.
+``summary.json`` -- ``{"experiments": {name: {"kind", "config", "n_items", "conditions": [...]}}}``; a condition is
+``{"label", "layer", "control", "file"}``, plus ``"units"`` and ``"site"`` (what was ablated) for ``neurons``.
 
 Each ``vrp intervene`` call replaces the rows of its own experiment name and keeps the others.
 """

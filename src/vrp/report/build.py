@@ -14,6 +14,7 @@ from vrp.report.html import page
 from vrp.report.layers import layers_section
 from vrp.report.sections import predictors_section, run_section, selective_section
 from vrp.report.summary import build_summary
+from vrp.report.units import units_section
 from vrp.runs.rundir import atomic_write_json
 
 
@@ -45,6 +46,7 @@ def build_report(run_dir: Path, *, layer: int | None = ReportConfig.layer, n_cas
         predictors_section(run),
         consistency_section(run),
         layers_section(run),
+        units_section(run),
         selective_section(run),
         cases_section(run, layer, n_cases),
         interventions_section(run),

@@ -53,7 +53,8 @@ def _load_image(path) -> np.ndarray | None:
         return None
 
 
-def _card(run: RunData, row, arrays: dict, block: int | None, idx: int | None, names: TokenNames, probe: dict) -> str:
+def _card(run: RunData, row, arrays: dict, block: int | None, idx: int | None, names: TokenNames, probe: dict,
+          extra: list[tuple[str, str]] | tuple = ()) -> str:  # fmt: skip
     att = arrays.get("attention")
     att_map = None
     if att is not None and idx is not None:
@@ -98,6 +99,7 @@ def _card(run: RunData, row, arrays: dict, block: int | None, idx: int | None, n
         notes.append("no attention map stored for this item")
     if not names.available and tokens:
         notes.append("token names unavailable (tokenizer file not found): ids shown")
+    facts += list(extra)  # trusted HTML: e.g. the detachment galleries' attention facts
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     note_html = "".join(f"<p class='small'>{n}</p>" for n in notes)
     alt = f"case {row['id']}: image, attention overlay and logit-lens trajectory"
@@ -123,7 +125,10 @@ def cases_section(run: RunData, layer: int | None, n_cases: int) -> Section:
     if CONFIDENCE not in run.items:
         return Section("cases", "Case studies", howto(guide) + "<p class='missing'>No token confidence column.</p>")
     wrong, right = pick_cases(run.items, n_cases)
+    from vrp.report.detachment import detachment_block, gallery_ids, read_view  # attended-yet-wrong, missed-yet-right
+
     ids = list(wrong["id"]) + list(right["id"])
+    ids += [i for g in gallery_ids(read_view(run), n_cases).values() for i in g if i not in ids]
     arrays = item_arrays(run, ids, ("attention", "view_box", "curve.margin", "curve.lens_top_id"))
     names = TokenNames(run)
     probe: dict[str, dict] = {}
@@ -142,12 +147,18 @@ def cases_section(run: RunData, layer: int | None, n_cases: int) -> Section:
             parts.append("<p>None in this run.</p>")
         for _, row in group.iterrows():
             parts.append(_card(run, row, arrays.get(row["id"], {}), block, idx, names, probe.get(row["id"], {})))
+    parts.append(detachment_block(run, n_cases, lambda row, extra: _card(
+        run, row, arrays.get(row["id"], {}), block, idx, names, probe.get(row["id"], {}), extra)))  # fmt: skip
     return Section("cases", "Case studies", "".join(parts))
 
 
 def case_ids(run: RunData, n_cases: int) -> dict[str, list[str]]:
     """The ids the case section shows (for summary.json)."""
+    from vrp.report.detachment import gallery_ids, read_view
+
+    g = gallery_ids(read_view(run), n_cases)  # the symbolic-detachment galleries
     if CONFIDENCE not in run.items:
-        return {"confident_wrong": [], "unconfident_right": []}
+        return {"confident_wrong": [], "unconfident_right": [], "attended_wrong": [], "missed_right": []}
     wrong, right = pick_cases(run.items, n_cases)
-    return {"confident_wrong": list(wrong["id"]), "unconfident_right": list(right["id"])}
+    return {"confident_wrong": list(wrong["id"]), "unconfident_right": list(right["id"]),
+            "attended_wrong": g["focused_wrong"], "missed_right": g["missed_right"]}  # fmt: skip

@@ -296,3 +296,66 @@ def heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title:
     ax.set_title(title, fontsize=11)
     fig.colorbar(im, ax=ax, shrink=0.8)
     return _png(fig)
+
+
+def coef_distribution_plot(abs_coef: np.ndarray, title: str, top_k: int = 10) -> bytes:
+    """The sparse probe's |coefficient| per unit, sorted from largest (log scale): the heavy tail of a
+    sparse circuit. Zero weights are not drawn (log scale); the top ``top_k`` units are marked."""
+    w = np.sort(np.abs(np.asarray(abs_coef, dtype=float)))[::-1]
+    w = w[w > 0]
+    fig = _figure(5.6, 3.3)
+    ax = fig.add_subplot()
+    if w.size:
+        rank = np.arange(1, w.size + 1)
+        ax.plot(rank, w, color="#8e5fb8", linewidth=1.4, marker="o", markersize=2.5 if w.size < 200 else 0)
+        k = min(top_k, w.size)
+        ax.plot(rank[:k], w[:k], "o", color="#c0392b", markersize=4.5, label=f"top {k}")
+        ax.set_yscale("log")
+        ax.set_xscale("log" if w.size > 50 else "linear")
+        ax.legend(fontsize=8.5, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "every weight is zero", ha="center", va="center", fontsize=9, transform=ax.transAxes)
+    _style(ax, title, "unit rank by |coefficient| (non-zero units only)", "|coefficient| (standardized)")
+    return _png(fig)
+
+
+@dataclass(frozen=True)
+class UnitHist:
+    """One unit's activations on the correct and on the wrong items."""
+
+    label: str
+    correct: np.ndarray
+    wrong: np.ndarray
+
+
+def unit_histograms(units: Sequence[UnitHist], title: str, xlabel: str) -> bytes:
+    """Small multiples: per unit, the histograms of its activation on correct vs wrong items (densities,
+    shared bins per unit, dashed lines at the two means)."""
+    n = max(1, len(units))
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig = _figure(2.6 * cols + 0.4, 2.1 * rows + 0.5)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, u in zip(axes, units, strict=False):
+        c = np.asarray(u.correct, dtype=float)
+        w = np.asarray(u.wrong, dtype=float)
+        c, w = c[np.isfinite(c)], w[np.isfinite(w)]
+        both = np.concatenate([c, w])
+        if both.size and np.ptp(both) > 0:
+            bins = np.linspace(both.min(), both.max(), 21)
+            for vals, color, name in ((c, CORRECT, "correct"), (w, WRONG, "wrong")):
+                if vals.size:
+                    ax.hist(vals, bins=bins, density=True, alpha=0.45, color=color, label=f"{name} ({vals.size})")
+                    ax.axvline(vals.mean(), color=color, linestyle="--", linewidth=1.2)
+        else:
+            ax.text(0.5, 0.5, "constant", ha="center", va="center", fontsize=9, transform=ax.transAxes)
+        _style(ax, u.label, xlabel)
+        ax.title.set_fontsize(9.5)
+        ax.tick_params(labelsize=8)
+        ax.set_yticks([])
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, frameon=False)
+    for ax in axes[len(units) :]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=11)
+    return _png(fig)

@@ -21,6 +21,7 @@ import pandas as pd
 from vrp.fileio import atomic_write_bytes
 from vrp.report import figures as F
 from vrp.report.html import Section, code, esc, howto, img, kv_table, num, page, table, undefined, with_ci
+from vrp.report.units import concentration_section
 
 VERDICT_COLORS = {"reproduces": "#1a6b2e", "does not reproduce": "#a12", "mixed": "#8a6d00",
                   "undetermined": "#5b6475", "not measured": "#5b6475"}  # fmt: skip
@@ -369,6 +370,7 @@ def build_study_report(study_dir: str | Path, *, run_reports: bool = True) -> Pa
         _probe_conf_section(t["probe_vs_confidence"], t["head_to_head"], summary),
         _transfer_section(t["transfer"]),
         _interventions_section(t["interventions"]),
+        concentration_section(t.get("concentration", pd.DataFrame())),  # vrp.report.units
         _files_section(study_dir),
     ]
     s = spec["study"]

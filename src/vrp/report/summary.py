@@ -22,7 +22,13 @@ Keys (NaN is written as ``null``; a part the run lacks is ``null`` and named in 
                         or computed here from the test predictions (2,000 stratified resamples)
     interventions       the "all"-task rows of interventions/effects.parquet: [{experiment, kind, condition,
                         layer, control, n, acc_clean, acc_intervened, delta_pp, delta_ci_low, delta_ci_high}]
-    cases               {"confident_wrong": [ids], "unconfident_right": [ids]} shown in the case studies
+    cases               {"confident_wrong": [ids], "unconfident_right": [ids], "attended_wrong": [ids],
+                        "missed_right": [ids]} shown in the case studies (the last two: symbolic detachment)
+    sparse_circuit      the sparse probe's chosen layer: {available, residual_layer, n_nonzero, n_units,
+                        frac_nonzero, top1_share, top5_share, top10_share} (analysis/units.json)
+    detachment          all tasks: {available, thresholds, n_region, n_focused, n_missed, focused_wrong,
+                        missed_right, accuracy_focused, accuracy_missed}, each rate {k, n, rate, ci_low, ci_high}
+                        (95% Wilson; analysis/detachment.json)
     missing             {part: command that makes it} for probes / analysis / interventions not in the run
     versions            {"run": the manifest's package versions, "report": versions used to build the report}
 """
@@ -37,7 +43,9 @@ import numpy as np
 
 from vrp.report.cases import case_ids
 from vrp.report.data import RunData
+from vrp.report.detachment import detachment_headline
 from vrp.report.sections import accuracy
+from vrp.report.units import units_headline
 from vrp.runs.rundir import json_safe
 
 FORMAT = "vrp-summary-1"
@@ -130,6 +138,8 @@ def build_summary(run: RunData, n_cases: int) -> dict:
         "best_probe": best_probe(run),
         "interventions": intervention_rows(run),
         "cases": case_ids(run, n_cases),
+        "sparse_circuit": units_headline(run),
+        "detachment": detachment_headline(run),
         "missing": missing,
         "versions": {"run": m.get("versions"), "report": _versions()},
     })  # fmt: skip

@@ -242,9 +242,25 @@ def _interventions(df):
     )  # fmt: skip
 
 
+def _concentration(df):
+    d = df[df["frac_nonzero"].notna()] if "frac_nonzero" in df else df.iloc[:0]
+    rows = [[r["data"], r["model"], _int(r, "residual_layer"), num(_get(r, "depth"), 2),
+             f"{_int(r, 'n_nonzero')} / {_int(r, 'n_units')}", num(_get(r, "frac_nonzero"), 3),
+             *(num(_get(r, f"top{k}_share"), 2) for k in (1, 5, 10)), num(_get(r, "test_auroc"))]
+            for _, r in d.iterrows()]  # fmt: skip
+    return dict(
+        header=["Dataset", "Model", "Layer", "depth", "Non-zero units", "Fraction", "Top-1 share", "Top-5 share",
+                "Top-10 share", "Test AUROC"],
+        rows=rows, groups=_group_starts([r[0] for r in rows]), align="llrrrrrrrr",
+        caption="Concentration of reliability: at the sparse (L1) probe's layer (chosen on validation), the units "
+        "with a non-zero weight and the share of the total |coefficient| held by the top 1, 5 and 10 units.",
+        label="tab:vrp-concentration",
+    )  # fmt: skip
+
+
 _LAYOUTS = {"structural": _structural, "margin_formation": _formation, "head_to_head": _head_to_head,
             "paired_tests": _tests, "probe_vs_confidence": _probe_vs_conf, "transfer": _transfer,
-            "accounting": _accounting, "interventions": _interventions}  # fmt: skip
+            "accounting": _accounting, "interventions": _interventions, "concentration": _concentration}  # fmt: skip
 
 
 def latex_table(name: str, df) -> str:
