@@ -55,7 +55,7 @@ def test_structural_curves_against_oracles(maps):
     for i, m in enumerate(maps):
         assert c["attn_secondary"][i] == label(st.top_mass_mask(m, 0.3))[1] - 1  # scipy's own labelling
     np.testing.assert_allclose(c["attn_image_mass"], 0.4)
-    assert all(c[n].dtype == np.float32 for n in c if n != "lens_top_id")
+    assert all(c[n].dtype == np.float32 for n in c if n != "lens_top_id" and not n.startswith("head_attn"))
     # the scalars: last layer and the NaN-ignoring mean over layers
     v = res.values
     assert v["attn_entropy"] == pytest.approx(expected_h[-1], rel=1e-9)
@@ -113,8 +113,10 @@ def test_needs_is_what_each_signal_reads(maps):
 
 def test_curve_shapes_follow_their_axis(maps):
     res = compute(_inputs(maps))
+    heads = np.asarray(res.curves["head_contrib"]).shape[1]  # the fixture's heads
     for c in CURVES:
-        assert res.curves[c.name].shape == ((5,) if c.axis == "residual" else (4,)), c.name
+        shape = {"residual": (5,), "block": (4,), "block_head": (4, heads)}[c.axis]
+        assert res.curves[c.name].shape == shape, c.name
         assert res.curves[c.name].dtype == np.dtype(c.dtype)
 
 
@@ -136,8 +138,9 @@ def test_catalog_metadata_is_complete():
         assert BY_NAME[s.name] is s
     for c in CURVES:
         assert CURVE_BY_NAME[c.name] is c and c.unit and c.doc
-    # every structural curve is summarized by a signal of the same name (its last layer)
-    assert {c.name for c in CURVES if c.family == "structural"} <= set(NAMES)
+    # every structural curve over blocks is summarized by a signal of the same name (its last layer);
+    # the per-head ones feed the head ranking's derived signals and the per-head probe instead
+    assert {c.name for c in CURVES if c.family == "structural" and c.axis == "block"} <= set(NAMES)
 
 
 def test_inputs_are_checked():

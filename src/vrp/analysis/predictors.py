@@ -9,7 +9,10 @@ Reads a run directory (and the probes of ``vrp probe`` when present) and writes
                          p_bonferroni, p_bh, r, r_ci_low, r_ci_high, aurc, ece, n, undefined
     layers.parquet       per layer: probe AUROC (dense / sparse, validation and test), truth
                          margin of correct vs wrong items (mean and 95% bootstrap CI), and
-                         the AUROC of each structural curve at that layer
+                         the AUROC of each structural curve at that layer; with a tuned lens
+                         (`vrp lens train`), its margins too (tuned_margin_*)
+    units.parquet/.json  the sparse-circuit view (vrp.analysis.units)
+    detachment.json      the symbolic-detachment view (vrp.analysis.detachment)
     summary.json         the settings, n, accuracy and the rows above as JSON
 
 AUROC is oriented by each signal's documented direction (a "lower is more reliable"
@@ -42,8 +45,10 @@ PROBE_ROWS = {
     "probe_mlp": "2-layer MLP probe at the best dense layer",
     "attn_ensemble_gbt": "gradient-boosted trees on per-layer attention features",
     "attn_ensemble_rf": "random forest on per-layer attention features",
+    "attn_heads_probe": "probe on every (block, head)'s attention features (logistic or GBT, chosen on validation)",
 }
-PROBABILITIES = {"token_confidence", "geo_mean_prob", "self_consistency", *PROBE_ROWS}
+PROBABILITIES = {"token_confidence", "geo_mean_prob", "self_consistency", "predicted_consistency",
+                 "semantic_consistency", *PROBE_ROWS}  # fmt: skip
 
 
 def signal_row(
@@ -141,7 +146,7 @@ def layer_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table:
         cols[f"margin_{label}_mean"], cols[f"margin_{label}_ci_low"], cols[f"margin_{label}_ci_high"] = mean, lo, hi
     cols["margin_auroc"] = [float(auroc(margin[:, k], y)) for k in range(margin.shape[1])]
     for c in CURVES:  # structural curves are per block: residual layer k = block k - 1
-        if c.family != "structural" or c.name == "attn_entropy_delta":  # a change between blocks
+        if c.family != "structural" or c.axis != "block" or c.name == "attn_entropy_delta":  # a change between blocks
             continue
         try:
             c_ids, curve = storage.load_stacked(run_dir, f"curve.{c.name}")
@@ -158,6 +163,9 @@ def layer_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> pa.Table:
             for split in ("val", "test"):
                 by_layer = dict(zip(layers, probes["probes"][name][f"{split}_auroc_by_layer"], strict=True))
                 cols[f"{name}_{split}_auroc"] = [by_layer.get(k, float("nan")) for k in cols["residual_layer"]]
+    from vrp.analysis.lens_run import layer_columns  # the tuned lens's margins, when `vrp lens train` has run
+
+    cols.update(layer_columns(run_dir, items["correct"].to_dict(), cols["residual_layer"], cfg))
     return pa.table(cols)
 
 
@@ -179,5 +187,11 @@ def analyze(run_dir: Path, cfg: AnalyzeConfig | None = None) -> dict:
     write_table(out / "predictors.parquet", table)
     write_table(out / "layers.parquet", layers)
     summary = {"config": cfg.__dict__, "predictors": table.to_pylist(), "n_layers": layers.num_rows}
+    from vrp.analysis.consistency import analyze_consistency  # analysis/consistency.json (runs with the head)
+
+    summary["consistency"] = analyze_consistency(run_dir, cfg)
+    from vrp.analysis import detachment, units  # analysis/units.* (sparse probe), detachment.json (gold regions)
+
+    summary["units"], summary["detachment"] = units.write_units(run_dir, cfg), detachment.write_detachment(run_dir)
     atomic_write_json(out / "summary.json", summary)
     return summary

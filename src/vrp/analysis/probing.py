@@ -140,6 +140,16 @@ def train_probes(run_dir: Path, cfg: ProbeConfig | None = None) -> dict:
         save_probe(model, out / f"attn_ensemble_{kind}")
         summary["probes"][f"attn_ensemble_{kind}"] = _entry(preds[f"attn_ensemble_{kind}"], y, va, te)
 
+    from vrp.analysis.heads import head_probes  # per-head ranking, top-k head signals, per-head probe
+
+    entries, head_preds = head_probes(run_dir, data, split, cfg, out)
+    summary["probes"].update(entries)
+    preds.update(head_preds)
+
+    from vrp.analysis.consistency import train_consistency_head  # S_SC from the residual (runs with samples)
+
+    summary["consistency_head"] = train_consistency_head(run_dir, data, split, cfg)
+
     which = np.full(n, "train", dtype=object)
     which[va], which[te] = "val", "test"
     cols = {"id": pa.array(data["ids"]), "split": pa.array(which.tolist())}

@@ -33,7 +33,7 @@ from functools import cached_property
 import numpy as np
 
 from vrp.data.scoring import canonical_answer
-from vrp.signals import behavioral, mechanistic, structural
+from vrp.signals import behavioral, mechanistic, semantic, structural
 from vrp.signals.inputs import SignalInputs
 
 DBSCAN_EPS, DBSCAN_MIN_SAMPLES = 1.5, 3
@@ -54,8 +54,9 @@ class Context:
         if name not in self._curves:
             c = CURVE_BY_NAME[name]
             v = c.compute(self)
-            if v is not None and c.family == "structural" and self.x.attention_blocks is not None:
-                full = np.full(self.x.n_blocks, np.nan)
+            on_attention_blocks = c.family == "structural" or c.axis == "block_head"
+            if v is not None and on_attention_blocks and self.x.attention_blocks is not None:
+                full = np.full((self.x.n_blocks, *np.shape(v)[1:]), np.nan)
                 full[list(self.x.attention_blocks)] = v
                 v = full
             self._curves[name] = v
@@ -75,6 +76,11 @@ class Context:
     def maps(self) -> np.ndarray:
         """``[L, rows, cols]`` the maps ``p_l``: mean over heads and answer steps, renormalized."""
         return structural.layer_maps(self.x.image_attention, steps=self.steps)
+
+    @cached_property
+    def head_maps(self) -> np.ndarray:
+        """``[L, H, rows, cols]`` each head's map: mean over the answer steps, renormalized."""
+        return structural.head_maps(self.x.image_attention, steps=self.steps)
 
     @cached_property
     def masks(self) -> list[np.ndarray]:
@@ -108,12 +114,21 @@ class Context:
             return None
         return [canonical_answer(self.x.task, t) for t in self.x.samples]
 
+    @cached_property
+    def semantic_clusters(self) -> list | None:
+        """The K samples' semantic cluster labels: the inputs' (an NLI judge's, ``vrp run
+        --nli-model``) if given, else the canonical answers (None without samples)."""
+        if self.x.samples is None:
+            return None
+        return list(self.x.semantic_clusters) if self.x.semantic_clusters is not None else self.canonical_samples
+
 
 @dataclass(frozen=True)
 class Curve:
     """A per-layer quantity of one item, stored as ``curve.<name>``.
 
-    ``axis`` is "block" (``[L]``, decoder blocks) or "residual" (``[L + 1]``, 0 = ``embed``).
+    ``axis`` is "block" (``[L]``, decoder blocks), "residual" (``[L + 1]``, 0 = ``embed``) or
+    "block_head" (``[L, H]``, one value per attention head; NaN rows at blocks without attention).
     """
 
     name: str
@@ -162,6 +177,24 @@ def _gold_curve(values: Callable[[Context], np.ndarray | None], axis: str) -> Ca
     return compute
 
 
+def _head_secondary(ctx: Context) -> np.ndarray:
+    # [L, H]: every head's map labelled at once (1,024 maps per item at 7B size)
+    return structural.secondary_components_many(ctx.head_maps, ctx.x.rho, ctx.x.rho_rule).astype(np.float64)
+
+
+def _head_region_mass(ctx: Context) -> np.ndarray:
+    hm = ctx.head_maps
+    if ctx.region is None:
+        return np.full(hm.shape[:2], np.nan)
+    return (hm * ctx.region).sum(axis=(-2, -1))
+
+
+def _head_contrib(ctx: Context) -> np.ndarray:
+    if ctx.x.head_contrib is None:  # no gold answer (no readout direction) or no heads recorded
+        return np.full(np.asarray(ctx.x.image_attention).shape[:2], np.nan)
+    return np.asarray(ctx.x.head_contrib, dtype=np.float64)
+
+
 def _lens_top(ctx: Context) -> np.ndarray | None:
     # no lens readout: no curve (there is no NaN token id)
     return None if ctx.x.lens_top_ids is None else np.asarray(ctx.x.lens_top_ids, dtype=np.int64)
@@ -194,6 +227,17 @@ CURVES: tuple[Curve, ...] = (
           _region_curve(structural.pointing_hit), GOLD_REGION),
     Curve("attn_image_mass", _S, "block", "probability", "none", "raw attention on image tokens (all heads' mean)",
           lambda c: np.asarray(c.x.image_mass)[:, :, : c.steps].mean(axis=(1, 2))),
+    # structural, per attention head: over each head's own map (mean over the answer steps)
+    Curve("head_attn_entropy", _S, "block_head", "nats", "lower", "spatial entropy of each head's map",
+          lambda c: structural.spatial_entropy(c.head_maps), dtype="float16"),
+    Curve("head_attn_peakiness", _S, "block_head", "probability", "higher", "max patch probability of each head's map",
+          lambda c: c.head_maps.max(axis=(-2, -1)), dtype="float16"),
+    Curve("head_attn_secondary", _S, "block_head", "count", "lower",
+          "C_k - 1 of each head's top-rho set", _head_secondary, dtype="float16"),
+    Curve("head_attn_image_mass", _S, "block_head", "probability", "none", "each head's raw attention on image tokens",
+          lambda c: np.asarray(c.x.image_mass)[:, :, : c.steps].mean(axis=2), dtype="float16"),
+    Curve("head_attn_region_mass", _S, "block_head", "probability", "higher",
+          "each head's map mass inside the gold region(s)", _head_region_mass, GOLD_REGION, dtype="float16"),
     # mechanistic: the logit lens at the decision position
     Curve("margin", _M, "residual", "logits", "higher", "truth margin M_l per residual index (0 = embed)",
           _gold_curve(lambda c: c.margin, "residual"), GOLD_ANSWER),
@@ -203,6 +247,9 @@ CURVES: tuple[Curve, ...] = (
           _gold_curve(lambda c: None if c.contributions is None else c.contributions[1], "block"), GOLD_ANSWER),
     Curve("lens_top_id", _M, "residual", "token id", "none", "the logit lens's top token per residual index",
           _lens_top, dtype="int64"),
+    Curve("head_contrib", _M, "block_head", "logits", "none",
+          "each attention head's write projected on the readout direction (direct logit attribution)",
+          _head_contrib, GOLD_ANSWER),
 )  # fmt: skip
 CURVE_BY_NAME: dict[str, Curve] = {c.name: c for c in CURVES}
 
@@ -242,6 +289,10 @@ def _mlp_share(ctx: Context) -> float:
 
 def _sampled(stat: Callable[[list], float]) -> Callable[[Context], float]:
     return lambda ctx: math.nan if ctx.canonical_samples is None else stat(ctx.canonical_samples)
+
+
+def _semantic(stat: Callable[[list], float]) -> Callable[[Context], float]:
+    return lambda ctx: math.nan if ctx.semantic_clusters is None else stat(ctx.semantic_clusters)
 
 
 _LAST = "at the last decoder layer; `_mean` = mean over layers"
@@ -303,6 +354,11 @@ SIGNALS: tuple[Signal, ...] = (
            _sampled(behavioral.self_consistency)),
     Signal("answer_entropy", _B, "nats", "lower", "entropy of the K samples' canonical answers",
            _sampled(behavioral.answer_entropy)),
+    Signal("semantic_entropy", _B, "nats", "lower",
+           "entropy of the K samples' semantic clusters (NLI bidirectional entailment with --nli-model, "
+           "else canonical answers)", _semantic(semantic.semantic_entropy)),
+    Signal("semantic_consistency", _B, "fraction", "higher", "largest semantic cluster / K",
+           _semantic(semantic.semantic_consistency)),
     Signal("token_confidence", _B, "probability", "higher", "p of the first emitted answer token",
            lambda c: behavioral.token_confidence(c.x.logprobs, c.x.answer_ids)),
     Signal("geo_mean_prob", _B, "probability", "higher", "geometric-mean p of answer tokens to newline",
@@ -312,6 +368,7 @@ SIGNALS: tuple[Signal, ...] = (
 )  # fmt: skip
 
 NAMES: tuple[str, ...] = tuple(s.name for s in SIGNALS)
+SEMANTIC: tuple[str, ...] = ("semantic_entropy", "semantic_consistency")  # read Context.semantic_clusters
 BY_NAME: dict[str, Signal] = {s.name: s for s in SIGNALS}
 NEEDS_NOTE = (
     "needs: what a signal reads besides the model (a deployed monitor has neither gold answers nor gold regions). "
@@ -377,8 +434,35 @@ class DerivedSignal:
     needs: str = ""
 
 
-# Filled by the modules that compute them (one tuple per source); names never clash with SIGNALS.
-DERIVED: tuple[DerivedSignal, ...] = ()
+_HEAD_FEATURES = {  # vrp.analysis.heads: per-head curve -> (unit, direction, needs)
+    "entropy": ("nats", "lower", ""), "peakiness": ("probability", "higher", ""),
+    "secondary": ("count", "lower", ""), "image_mass": ("probability", "none", ""),
+    "region_mass": ("probability", "higher", GOLD_REGION),
+}  # fmt: skip
+_HEAD_DERIVED = tuple(
+    DerivedSignal(f"attn_{f}_dla{k}", "structural", unit, direction,
+                  f"mean per-head {f.replace('_', ' ')} of the top-{k} heads by direct logit attribution "
+                  "(ranked on the probes' train split)", "probes/head_signals.parquet", "vrp probe", needs)
+    for k in (1, 4, 16) for f, (unit, direction, needs) in _HEAD_FEATURES.items()
+)  # fmt: skip
+
+_CONSISTENCY_DERIVED = (  # vrp.analysis.consistency: S_SC predicted from the greedy pass's residual
+    DerivedSignal("predicted_consistency", "behavioral", "fraction", "higher",
+                  "the consistency head's S_SC from the decision-position residual (no sampling; trained on "
+                  "the probes' train split, test items only)", "probes/consistency.parquet", "vrp probe"),
+)  # fmt: skip
+
+_TL = dict(source="lens/tuned/signals.parquet", made_by="vrp lens train", needs=GOLD_ANSWER)
+_TUNED_LENS_DERIVED = (  # vrp.analysis.lens_run: truth margins under the tuned lens (its last layer: the logit lens)
+    DerivedSignal("tuned_margin_peak", _M, "logits", "higher", "largest truth margin over layers, tuned lens", **_TL),
+    DerivedSignal("tuned_margin_peak_layer", _M, "residual index", "none",
+                  "layer of the peak tuned-lens margin (0 = embeddings)", **_TL),
+    DerivedSignal("tuned_margin_positive_from", _M, "residual index", "lower",
+                  "first layer from which the tuned-lens margin stays > 0 (L + 1: never)", **_TL),
+)  # fmt: skip
+
+# One tuple per source, filled where the signals are computed; names never clash with SIGNALS.
+DERIVED: tuple[DerivedSignal, ...] = (*_HEAD_DERIVED, *_CONSISTENCY_DERIVED, *_TUNED_LENS_DERIVED)
 DERIVED_BY_NAME: dict[str, DerivedSignal] = {d.name: d for d in DERIVED}
 
 
@@ -388,7 +472,7 @@ def _check_catalog() -> None:
         if dup:
             raise ValueError(f"duplicate {what} names in the catalog: {sorted(dup)}")
     for c in CURVES:
-        if c.axis not in ("block", "residual") or c.direction not in ("higher", "lower", "none"):
+        if c.axis not in ("block", "residual", "block_head") or c.direction not in ("higher", "lower", "none"):
             raise ValueError(f"curve {c.name}: bad axis {c.axis!r} or direction {c.direction!r}")
     for s in (*SIGNALS, *DERIVED):
         if s.direction not in ("higher", "lower", "none") or s.needs not in ("", GOLD_ANSWER, GOLD_REGION):

@@ -44,6 +44,9 @@ class SignalInputs:
             residual (the final norm's local linear map), for the sub-block split.
         attn_write: ``[L, d]`` what each block's attention sub-block added at the decision position.
         mlp_write: ``[L, d]`` likewise for the MLP sub-blocks.
+        head_contrib: ``[L_att, H]`` each attention head's write at the decision position projected
+            on the readout direction (direct logit attribution; blocks as ``image_attention``'s
+            first axis), or None.
         samples: the K sampled answers' texts (None when none were drawn).
         rho: attention mass (rule "mass") or patch fraction (rule "patches") of the top-rho
             set behind the component counts.
@@ -53,6 +56,9 @@ class SignalInputs:
             linear-attention blocks have no map); None: every block. The structural curves are
             then NaN at the other blocks, and their last-layer signals read the last block with
             attention.
+        semantic_clusters: one cluster label per sample for the semantic signals, from an
+            outside judge (``vrp run --nli-model``: bidirectional entailment,
+            :mod:`vrp.signals.semantic`); None: the samples' canonical answers are the clusters.
     """
 
     task: str
@@ -69,10 +75,12 @@ class SignalInputs:
     readout_direction: np.ndarray | None = None
     attn_write: np.ndarray | None = None
     mlp_write: np.ndarray | None = None
+    head_contrib: np.ndarray | None = None
     samples: tuple[str, ...] | None = None
     rho: float = TraceConfig.rho
     rho_rule: str = TraceConfig.rho_rule
     attention_blocks: tuple[int, ...] | None = None
+    semantic_clusters: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         a = np.asarray(self.image_attention)
@@ -86,6 +94,10 @@ class SignalInputs:
             )
         if (self.ref_logits is None) != (self.rival_logits is None):
             raise ValueError("ref_logits and rival_logits come together (both or neither)")
+        if self.semantic_clusters is not None and len(self.semantic_clusters) != len(self.samples or ()):
+            raise ValueError(
+                f"semantic_clusters labels {len(self.semantic_clusters)} samples, there are {len(self.samples or ())}"
+            )
 
     @property
     def n_blocks(self) -> int:

@@ -7,8 +7,9 @@ headline numbers with the paper's claims checked to ``STUDY_DIR/summary.json``.
                         across the families of each dataset (plus an attention-feature ensemble
                         trained on the pooled split), Bonferroni and BH across the whole table
     margin_formation    Table 3: silent phase, emergence and peak layer (and depth), peak gap and
-                        the MLP share at the peak, per run (vrp.study.formation)
-    margin_curves       the gap curves behind it, one row per run and residual layer
+                        the MLP share at the peak, per run (vrp.study.formation) and lens (column
+                        ``lens``: "logit", and "tuned" for runs with a tuned lens, `vrp lens train`)
+    margin_curves       the gap curves behind it, one row per run, lens and residual layer
     head_to_head        Table 6: every signal and probe of each run on its probes' test split
     paired_tests        the paired tests the paper's claims rest on (best probe vs token
                         confidence, best probe vs self-consistency, best probe vs best attention
@@ -19,6 +20,8 @@ headline numbers with the paper's claims checked to ``STUDY_DIR/summary.json``.
     transfer            the probe of dataset A on dataset B's test split, per family
     accounting          Table 8: items, answered, failed, accuracy and the split sizes per run
     interventions       the "all"-task effects of every `vrp intervene` experiment, per run
+    concentration       the sparse probe's chosen layer per run: fraction of non-zero units, share of
+                        |coefficient| held by the top 1 / 5 / 10 units (vrp.study.concentration)
 
 What is chosen is chosen on validation (the best probe, the best attention summary and its
 orientation); what is reported is measured on test, on the same items for both sides of a
@@ -46,13 +49,13 @@ from vrp.signals.catalog import BY_NAME, DERIVED, DERIVED_BY_NAME, SIGNALS
 
 log = logging.getLogger("vrp.study")
 RESIDUAL_PROBES = ("probe_dense", "probe_sparse", "probe_stacked", "probe_mlp")
-ATTN_ENSEMBLES = ("attn_ensemble_gbt", "attn_ensemble_rf")
+ATTN_ENSEMBLES = ("attn_ensemble_gbt", "attn_ensemble_rf", "attn_heads_probe")
 STRUCTURAL = tuple(s.name for s in SIGNALS if s.family == "structural")
 # gold-free attention summaries every family has: the pooled ensemble's features
 POOLED_FEATURES = tuple(s.name for s in SIGNALS if s.family == "structural" and not s.needs
                         and s.direction != "none")  # fmt: skip
 TABLES = ("structural", "margin_formation", "margin_curves", "head_to_head", "paired_tests",
-          "probe_vs_confidence", "transfer", "accounting", "interventions")  # fmt: skip
+          "probe_vs_confidence", "transfer", "accounting", "interventions", "concentration")  # fmt: skip
 ALPHA = 0.05
 
 
@@ -244,30 +247,41 @@ def structural_table(runs: list[StudyRun], cfg: AnalyzeConfig, probe_cfg: ProbeC
 
 
 def margin_tables(runs: list[StudyRun], cfg: AnalyzeConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from vrp.analysis.lens_run import read_margins
     from vrp.study.formation import margin_formation
 
     rows, curves = [], []
     for run in runs:
-        keys = dict(data=run.data, model=run.model)
+        keys = dict(data=run.data, model=run.model, lens="logit")
         try:
             ids, margin = storage.load_stacked(run.run_dir, "curve.margin")
         except (KeyError, FileNotFoundError, StopIteration) as e:
             rows.append({**keys, "undefined": f"no margin curves stored ({e})"})
             continue
-        y = run.items.set_index("id").loc[ids, "correct"].to_numpy().astype(bool)
+        by_id = run.items.set_index("id")["correct"]
         contrib = []
         for key in ("curve.attn_contrib", "curve.mlp_contrib"):
             try:
                 c_ids, c = storage.load_stacked(run.run_dir, key)
-                contrib.append(pd.DataFrame(c, index=c_ids).loc[ids].to_numpy())
+                contrib.append(pd.DataFrame(c, index=c_ids))
             except (KeyError, FileNotFoundError):
                 contrib.append(None)
-        f = margin_formation(margin, y, *contrib, n_boot=cfg.n_boot, level=cfg.level, seed=cfg.seed)
-        rows.append({**keys, **{k: v for k, v in f.items() if not isinstance(v, list)}})
-        for layer in range(f["L"] + 1):
-            curves.append({**keys, "residual_layer": layer, "depth": layer / f["L"] if f["L"] else 0.0,
-                           **{k: f[k][layer] for k in ("mean_correct", "mean_wrong", "gap", "gap_ci_low",
-                                                        "gap_ci_high")}})  # fmt: skip
+        lenses = [(keys, ids, margin)]
+        tuned = read_margins(run.run_dir)  # `vrp lens train`: the same table under the tuned lens
+        if tuned is not None and tuned[1] != list(range(margin.shape[1])):
+            rows.append({**keys, "lens": "tuned", "undefined": "the tuned lens reads only the stored residual "
+                         f"layers {tuned[1]}, not every layer"})  # fmt: skip
+        elif tuned is not None:
+            lenses.append(({**keys, "lens": "tuned"}, tuned[0], tuned[2]))
+        for k, l_ids, m in lenses:
+            y = by_id.loc[l_ids].to_numpy().astype(bool)
+            c = [None if x is None else x.loc[l_ids].to_numpy() for x in contrib]
+            f = margin_formation(m, y, *c, n_boot=cfg.n_boot, level=cfg.level, seed=cfg.seed)
+            rows.append({**k, **{key: v for key, v in f.items() if not isinstance(v, list)}})
+            for layer in range(f["L"] + 1):
+                curves.append({**k, "residual_layer": layer, "depth": layer / f["L"] if f["L"] else 0.0,
+                               **{key: f[key][layer] for key in ("mean_correct", "mean_wrong", "gap", "gap_ci_low",
+                                                                 "gap_ci_high")}})  # fmt: skip
     return pd.DataFrame(rows), pd.DataFrame(curves)
 
 
@@ -295,7 +309,8 @@ def best_attention(run: StudyRun) -> tuple[str, float] | None:
     highest validation AUROC, and its orientation (+1 / -1): documented directions are kept;
     a signal without one is turned the way validation favours."""
     best = None
-    for name in [s for s in STRUCTURAL if not BY_NAME[s].needs] + list(ATTN_ENSEMBLES):
+    heads = [d.name for d in DERIVED if d.family == "structural" and not d.needs and d.name in run.items]
+    for name in [s for s in STRUCTURAL if not BY_NAME[s].needs] + heads + list(ATTN_ENSEMBLES):
         a = _val_auroc(run, name)
         if not math.isfinite(a):
             continue
@@ -453,6 +468,8 @@ def interventions_table(runs: list[StudyRun]) -> pd.DataFrame:
 
 def compute_tables(study_dir: str | Path) -> tuple[dict[str, pd.DataFrame], dict]:
     """Every table of the study (name -> DataFrame) and the pooled splits (data -> side -> ids)."""
+    from vrp.study.concentration import concentration_table
+
     spec, runs = load_study(study_dir)
     cfg = _cfg(spec)
     probe_cfg = ProbeConfig.from_dict(spec["probe_config"])
@@ -469,6 +486,7 @@ def compute_tables(study_dir: str | Path) -> tuple[dict[str, pd.DataFrame], dict
         "transfer": transfer_table(runs, cfg),
         "accounting": accounting_table(runs, spec, Path(study_dir)),
         "interventions": interventions_table(runs),
+        "concentration": concentration_table(runs),
     }
     return tables, splits
 
