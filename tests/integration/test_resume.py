@@ -168,6 +168,12 @@ def test_a_changed_setup_is_refused_unless_forced(random_toy_dirs, reference, tm
     # operational options may change: the same run, resumed (here: nothing left to do)
     res = run(random_toy_dirs["llava"], "--workers", "3")
     assert res.exit_code == 0, res.output
+    # a run made before an option existed resumes: the option's default is what that run did
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["identity"]["config"].pop("nli_model")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    res = run(random_toy_dirs["llava"])
+    assert res.exit_code == 0, res.output
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     res = run(random_toy_dirs["llava"], "--samples", "4", "--force", "--limit", "2")
     assert res.exit_code == 0, res.output

@@ -90,10 +90,13 @@ def _identity(cfg: RunConfig, items: list[Item], model: dict) -> dict:
 def _check_resumable(run_dir: Path, identity: dict) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     old = manifest.get("identity")
-    if old == identity:
-        return
     if old is None:
         raise RunExistsError(f"{run_dir} holds a run without a resumable identity; use --force to overwrite it")
+    # an option added to vrp after the run was made takes its default there (what that run did)
+    defaults = {k: v for k, v in RunConfig().to_dict().items() if k not in RunConfig.OPERATIONAL}
+    old = {**old, "config": {**{k: v for k, v in defaults.items() if k in identity["config"]}, **old["config"]}}
+    if old == identity:
+        return
     diffs = [
         f"{k}: {old['config'].get(k)!r} -> {v!r}" for k, v in identity["config"].items() if old["config"].get(k) != v
     ]
