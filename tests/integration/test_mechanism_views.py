@@ -1,0 +1,110 @@
+"""The sparse-circuit view and the symbolic-detachment case studies end to end on a synthetic run directory
+(no model): `vrp analyze` writes them, the report renders both (with the neurons ablations beside the units), and
+a run that lacks what they need gets a clear notice instead."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow as pa
+import pytest
+
+from tests.unit.test_units import PLANTED, planted_run
+from vrp.analysis.config import AnalyzeConfig
+from vrp.analysis.predictors import analyze
+from vrp.interventions.schema import EFFECTS
+from vrp.report import build_report
+from vrp.runs.rundir import atomic_write_json, write_table
+
+
+def _section(page: str, sid: str) -> str:
+    start = page.index(f"<section id='{sid}'>")
+    return page[start : page.index("</section>", start)]
+
+
+def _add_neurons(run, units: list[int]) -> None:
+    """interventions/ as `vrp intervene --kind neurons` writes it, plus an experiment from before units were recorded."""
+    conds = {"neurons": [("probe top-2 L1 residual zero", False, units), ("random 2 L1 residual zero", True, [0, 3])],
+             "old": [("probe top-16 L1 residual zero", False, None)]}  # fmt: skip
+    exps, rows = {}, []
+    for name, cs in conds.items():
+        entry = {"kind": "neurons", "config": {"site": "residual"}, "n_items": 240, "conditions": []}
+        for label, control, us in cs:
+            c = {"label": label, "layer": 1, "control": control, "file": "x.parquet"}
+            if us is not None:
+                c.update(units=us, site="residual")
+            entry["conditions"].append(c)
+            delta = -12.5 if name == "neurons" and not control else -1.0
+            rows.append({"experiment": name, "kind": "neurons", "condition": label, "layer": 1, "control": control,
+                         "task": "all", "n": 240, "acc_clean": 0.6, "acc_intervened": 0.6 + delta / 100,
+                         "delta_pp": delta, "delta_ci_low": delta - 2, "delta_ci_high": delta + 2,
+                         "margin_delta": -0.5, "margin_ci_low": -0.7, "margin_ci_high": -0.3})  # fmt: skip
+        exps[name] = entry
+    (run / "interventions").mkdir()
+    write_table(run / "interventions" / "effects.parquet", pa.Table.from_pylist(rows, schema=EFFECTS))
+    atomic_write_json(run / "interventions" / "summary.json", {"experiments": exps})
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    run = planted_run(tmp_path_factory.mktemp("mech"))
+    summary = analyze(run, AnalyzeConfig(n_boot=300, n_perm=100, units_top=4))
+    _add_neurons(run, [PLANTED, 11])
+    build_report(run, n_cases=4)
+    return run, summary
+
+
+def test_analyze_writes_both_views(full):
+    run, summary = full
+    assert summary["units"]["available"] and summary["units"]["chosen_residual_layer"] == 2
+    assert summary["detachment"]["available"] and summary["detachment"]["n_region"] == 240
+    for name in ("units.parquet", "units.json", "detachment.json"):
+        assert (run / "analysis" / name).is_file()
+    stored = json.loads((run / "analysis" / "summary.json").read_text())
+    assert stored["units"]["chosen"]["n_nonzero"] == summary["units"]["chosen"]["n_nonzero"]
+
+
+def test_report_shows_the_units_with_their_ablation(full):
+    run, _ = full
+    page = (run / "report" / "index.html").read_text()
+    body = _section(page, "units")
+    assert "Sparse circuits" in body and "Top units at residual layer 2 (the probe's chosen layer)" in body
+    assert body.count("<img") == 2  # the |coefficient| distribution and the activation histograms
+    row = re.search(rf"<tr><td class='num'>1</td><td><code>N{PLANTED}</code>.*?</tr>", body, re.S).group(0)
+    assert "-12.5" in row and "with 1 other unit" in row  # the planted unit was ablated with one other
+    assert "units not recorded" in row  # the old experiment: what was ablated, not a per-unit claim
+    assert "random 2" not in row  # controls are not the unit's effect
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["sparse_circuit"]["residual_layer"] == 2 and summary["sparse_circuit"]["top1_share"] > 0.5
+
+
+def test_case_studies_gain_the_detachment_galleries(full):
+    run, _ = full
+    page = (run / "report" / "index.html").read_text()
+    cases = _section(page, "cases")
+    assert "Symbolic detachment" in cases and "Attended yet wrong" in cases and "Missed yet right" in cases
+    summary = json.loads((run / "summary.json").read_text())
+    view = json.loads((run / "analysis" / "detachment.json").read_text())
+    shown = summary["cases"]["attended_wrong"] + summary["cases"]["missed_right"]
+    assert summary["cases"]["attended_wrong"] == view["ids"]["focused_wrong"][:2]
+    assert summary["cases"]["missed_right"] == view["ids"]["missed_right"][:2]
+    assert shown and all(f"<code>{i}</code>" in cases for i in shown)
+    assert cases.count("<div class='case'>") == 4 + len(shown)  # the two existing galleries and the new two
+    assert "region ratio" in cases and summary["detachment"]["focused_wrong"]["n"] == view["rows"][0]["n_wrong"]
+
+
+def test_views_degrade_to_notices(tmp_path):
+    run = planted_run(tmp_path, n=40, region=False, probes=False)
+    build_report(run)  # before any analysis
+    page = (run / "report" / "index.html").read_text()
+    assert "This run has no analysis (analysis/units.json)" in _section(page, "units")
+    assert "This run has no analysis (analysis/detachment.json)" in _section(page, "cases")
+    assert f"vrp analyze --run {run}" in _section(page, "units")
+    analyze(run, AnalyzeConfig(n_boot=50, n_perm=50))
+    build_report(run)
+    page = (run / "report" / "index.html").read_text()
+    assert "No sparse-circuit view: no sparse probe" in _section(page, "units")
+    assert "No detachment view: no item has a gold region" in _section(page, "cases")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["sparse_circuit"]["available"] is False and summary["detachment"]["available"] is False
