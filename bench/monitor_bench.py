@@ -1,12 +1,15 @@
-"""Cost of answering through the reliability monitor vs plain greedy generate (issue 10).
+"""Cost of answering through the reliability monitor vs plain greedy generate (issues 10 and 23).
 
-For each model, the same batch of items answered two ways, interleaved in one process
-(plain, monitor, monitor, plain, ...: ABBA order, medians of the rounds after a warm-up, so
-drift of this shared machine hits both alike and neither always runs second):
+For each model, the same batch of items answered three ways, interleaved in one process (each
+round runs the three in another of their 6 orders, so every method runs first, second and third
+equally often; medians of the rounds after a warm-up, so drift of this shared machine hits all
+alike):
 
     plain     prompt template + processor call + model.generate (greedy, same max_new_tokens)
     monitor   vrp.monitor.Monitor.ask_many: the same prompts, processor call and generate with the
               prefill tap on one decoder block, the probe, and decoding to text
+    +head     the same monitor with a consistency head (issue 23) on another decoder block: two
+              prefill taps in the same generate, the probe and the head
 
 The monitor's probe weights are random (the cost does not depend on them); it is attached
 to the model like a real one (identity and content hashes checked once, outside the timing).
@@ -23,6 +26,7 @@ resolves millisecond differences that wall time on a loaded 2-core machine canno
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
@@ -32,7 +36,7 @@ from pathlib import Path
 from _models import long_context_model
 
 
-def make_monitor(adapter, out: Path, new_tokens: int, batch: int):
+def make_monitor(adapter, out: Path, new_tokens: int, batch: int, head: bool = False):
     import numpy as np
 
     from vrp.monitor import Monitor
@@ -50,6 +54,10 @@ def make_monitor(adapter, out: Path, new_tokens: int, batch: int):
         "probe": {"residual_layer": n // 2 + 1, "input_dtype": "float16"},
         "threshold": {"value": 0.5},
     }  # fmt: skip
+    if head:  # the consistency head on another block than the probe: the worst case, two taps
+        arrays.update({"consistency.coef": rng.normal(size=d), "consistency.mean": np.zeros(d),
+                       "consistency.scale": np.ones(d), "consistency.intercept": np.zeros(1)})  # fmt: skip
+        doc["consistency_head"] = {"residual_layer": n, "input_dtype": "float16"}
     return Monitor.load(write_monitor(out, arrays, doc)).attach(adapter)
 
 
@@ -66,6 +74,8 @@ def bench_model(name: str, model: str, size: int, args, tmp: Path) -> dict:
     questions = [d.questions[i % len(d.questions)].question for i, d in enumerate(data)]
     prompts = [ad.prompt(q) for q in questions]
     monitor = make_monitor(ad, tmp / f"mon-{name}", args.new_tokens, len(images))
+    with_head = make_monitor(ad, tmp / f"head-{name}", args.new_tokens, len(images), head=True)
+    assert with_head.head_layer != with_head.residual_layer
     tok = ad.tokenizer
 
     def plain():  # what a caller of generate does too: prompts, processor, generate
@@ -79,17 +89,23 @@ def bench_model(name: str, model: str, size: int, args, tmp: Path) -> dict:
     def mon():
         return monitor.ask_many(images, questions)
 
+    def head():
+        return with_head.ask_many(images, questions)
+
     seq = plain()
-    answers = mon()  # warm-up; both answer the same tokens
+    answers, head_answers = mon(), head()  # warm-up; all answer the same tokens
     gen = seq[:, ad.encode(images, prompts)["input_ids"].shape[1] :].tolist()
     cut = [g[: g.index(tok.eos_token_id) + 1] if tok.eos_token_id in g else g for g in gen]
     assert [list(a.token_ids) for a in answers] == cut, f"{name}: the monitor answered differently"
+    assert [list(a.token_ids) for a in head_answers] == cut, f"{name}: the monitor with a head answered differently"
+    assert all(a.predicted_consistency is not None for a in head_answers)
     sync = torch.cuda.synchronize if ad.model.device.type == "cuda" else (lambda: None)
-    wall: dict[str, list[float]] = {"plain": [], "monitor": []}
-    cpu: dict[str, list[float]] = {"plain": [], "monitor": []}
-    pair = (("plain", plain), ("monitor", mon))
+    methods = (("plain", plain), ("monitor", mon), ("head", head))
+    wall: dict[str, list[float]] = {k: [] for k, _ in methods}
+    cpu: dict[str, list[float]] = {k: [] for k, _ in methods}
+    orders = list(itertools.permutations(methods))
     for r in range(args.rounds):
-        for key, fn in pair if r % 2 == 0 else pair[::-1]:  # ABBA: no method always runs second
+        for key, fn in orders[r % len(orders)]:  # every method in every position equally often
             sync()
             t, c = time.perf_counter(), time.thread_time()
             fn()
@@ -100,8 +116,11 @@ def bench_model(name: str, model: str, size: int, args, tmp: Path) -> dict:
     out = {"model": name, "image_tokens": n_img, "steps": max(len(c) for c in cut)}
     for clock, times in (("wall", wall), ("cpu", cpu)):
         med = {k: statistics.median(v) for k, v in times.items()}
-        extra = [(m - p) * 1e3 for p, m in zip(times["plain"], times["monitor"], strict=True)]  # same round
-        out[clock] = {**med, "ratio": med["monitor"] / med["plain"], "extra_ms": statistics.median(extra)}
+        out[clock] = dict(med)
+        for key in ("monitor", "head"):
+            extra = [(m - p) * 1e3 for p, m in zip(times["plain"], times[key], strict=True)]  # same round
+            out[clock][f"{key}_ratio"] = med[key] / med["plain"]
+            out[clock][f"{key}_extra_ms"] = statistics.median(extra)
     return out
 
 
@@ -131,10 +150,14 @@ def run_all(args, tmp: Path) -> None:
         w, c = r["wall"], r["cpu"]
         line = (
             f"{name:16s} img_tokens={r['image_tokens']:4d} steps={r['steps']:2d}  wall: plain {w['plain']:.4f}s "
-            f"monitor {w['monitor']:.4f}s = {w['ratio']:.3f}x (paired extra {w['extra_ms']:+.2f} ms)"
+            f"monitor {w['monitor']:.4f}s = {w['monitor_ratio']:.3f}x (paired extra {w['monitor_extra_ms']:+.2f} ms), "
+            f"+head {w['head']:.4f}s = {w['head_ratio']:.3f}x ({w['head_extra_ms']:+.2f} ms)"
         )
         if args.device == "cpu" and args.threads == 1:  # one thread: its CPU time is the whole computation
-            line += f"  cpu: {c['plain']:.4f}s vs {c['monitor']:.4f}s = {c['ratio']:.3f}x ({c['extra_ms']:+.2f} ms)"
+            line += (
+                f"  cpu: plain {c['plain']:.4f}s, monitor {c['monitor_ratio']:.3f}x ({c['monitor_extra_ms']:+.2f} ms), "
+                f"+head {c['head_ratio']:.3f}x ({c['head_extra_ms']:+.2f} ms)"
+            )
         print(line, flush=True)
 
 
