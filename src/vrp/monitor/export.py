@@ -5,7 +5,9 @@ layer, with its standardization, plus what is needed to use it on a live model: 
 model's identity hash (the one the run recorded), the generation settings of the run
 (the probe was trained on residuals of exactly that greedy call), and an abstention
 threshold chosen on the **validation** split only, with the coverage and risk it gives on
-the test split reported next to it.
+the test split reported next to it. When the run has a consistency head (``vrp probe`` on a
+run with samples, :mod:`vrp.analysis.consistency`), it is packaged beside the probe, at its own
+chosen layer, so the monitor also returns the predicted self-consistency.
 
 The threshold rule is in :mod:`vrp.monitor.thresholds`.
 """
