@@ -61,6 +61,33 @@ def make_monitor(adapter, out: Path, new_tokens: int, batch: int, head: bool = F
     return Monitor.load(write_monitor(out, arrays, doc)).attach(adapter)
 
 
+def head_fixed_cost(monitor) -> dict:
+    """What the consistency head adds to one ask_many call, apart from generate (ms, best of 5 x 200):
+    the second hook's registration and removal, and the head's arithmetic on the batch's residuals."""
+    import timeit
+
+    import torch
+
+    from vrp.models.sites import hooks, residual_site
+
+    ad = monitor.adapter
+    h = torch.randn(int(monitor.info["generation"]["batch_size"]), ad.text_config.hidden_size)
+    one = {residual_site(monitor.residual_layer): lambda x: None}
+    two = {**one, residual_site(monitor.head_layer): lambda x: None}
+
+    def enter(taps):
+        with hooks(ad, taps):
+            pass
+
+    def best(fn) -> float:
+        return min(timeit.repeat(fn, number=200, repeat=5)) / 200 * 1e3
+
+    return {
+        "hook": best(lambda: enter(two)) - best(lambda: enter(one)),
+        "head": best(lambda: monitor.predicted_consistency(h)),
+    }
+
+
 def bench_model(name: str, model: str, size: int, args, tmp: Path) -> dict:
     import torch
 
@@ -113,7 +140,12 @@ def bench_model(name: str, model: str, size: int, args, tmp: Path) -> dict:
             wall[key].append(time.perf_counter() - t)
             cpu[key].append(time.thread_time() - c)
     n_img = int((ad.encode(images[:1], prompts[:1])["input_ids"] == ad.image_token_id).sum())
-    out = {"model": name, "image_tokens": n_img, "steps": max(len(c) for c in cut)}
+    out = {
+        "model": name,
+        "image_tokens": n_img,
+        "steps": max(len(c) for c in cut),
+        "fixed_ms": head_fixed_cost(with_head),
+    }
     for clock, times in (("wall", wall), ("cpu", cpu)):
         med = {k: statistics.median(v) for k, v in times.items()}
         out[clock] = dict(med)
@@ -158,6 +190,8 @@ def run_all(args, tmp: Path) -> None:
                 f"  cpu: plain {c['plain']:.4f}s, monitor {c['monitor_ratio']:.3f}x ({c['monitor_extra_ms']:+.2f} ms), "
                 f"+head {c['head_ratio']:.3f}x ({c['head_extra_ms']:+.2f} ms)"
             )
+        f = r["fixed_ms"]
+        line += f"  head's own work: second hook {f['hook']:.3f} ms + head {f['head']:.3f} ms per call"
         print(line, flush=True)
 
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from vrp.cli import app
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SECTIONS = ("run", "predictors", "layers", "selective", "cases", "interventions")
+SECTIONS = ("run", "predictors", "consistency", "layers", "units", "selective", "cases", "interventions")
 
 
 @pytest.fixture(scope="module")

@@ -152,3 +152,25 @@ def test_what_the_lens_cannot_use_is_a_clear_error(run_dir, adapter, tmp_path):
         train_tuned_lens(no_last, adapter=adapter)
     res = CliRunner().invoke(app, ["lens", "train", "--run", str(run_dir), "--model", "toy-qwen2vl"])
     assert res.exit_code == 2 and "is not the one the run used" in res.output
+
+
+def test_the_study_margin_formation_table_gains_the_tuned_lens(trained):
+    import pandas as pd
+
+    from vrp.analysis.config import AnalyzeConfig
+    from vrp.report.study import _margin_section
+    from vrp.study.formation import margin_formation
+    from vrp.study.latex import latex_table
+    from vrp.study.tables import StudyRun, margin_tables
+
+    items = pd.read_parquet(trained / "items.parquet")
+    run = StudyRun("toy-llava", "shapesworld", trained, {}, items)
+    form, curves = margin_tables([run], AnalyzeConfig(n_boot=200))
+    assert form["lens"].tolist() == ["logit", "tuned"] and set(curves["lens"]) == {"logit", "tuned"}
+    ids, _, margin = read_margins(trained)
+    want = margin_formation(margin, items.set_index("id").loc[ids, "correct"].to_numpy(bool), n_boot=200)
+    tuned = curves[curves["lens"] == "tuned"]
+    np.testing.assert_allclose(tuned["gap"], want["gap"])
+    assert form.iloc[1]["peak"] == want["peak"] and form.iloc[1]["emergence"] == want["emergence"]
+    assert "toy-llava (tuned lens)" in latex_table("margin_formation", form)
+    assert "toy-llava (tuned lens)" in _margin_section(form, curves).body

@@ -69,7 +69,9 @@ def test_identity_translator_is_the_logit_lens_and_training_beats_it_on_held_out
     untrained = fit_translator(read, h[tr], target[tr], h[va], target[va], LensConfig(epochs=0))
     np.testing.assert_array_equal(untrained.weight, np.eye(h.shape[1], dtype=np.float32))
     assert untrained.best_epoch == 0 and not untrained.bias.any()
-    fit = fit_translator(read, h[tr], target[tr], h[va], target[va], LensConfig(lr=0.1, epochs=60, patience=10, batch_size=240))
+    fit = fit_translator(
+        read, h[tr], target[tr], h[va], target[va], LensConfig(lr=0.1, epochs=60, patience=10, batch_size=240)
+    )
     w, b = torch.as_tensor(fit.weight), torch.as_tensor(fit.bias)
     assert fit.best_epoch >= 1 and fit.val_kl < fit.val_kl_identity
     assert fit.val_kl == pytest.approx(mean_kl(read, h[va], target[va], w, b), rel=1e-6)  # the kept one
