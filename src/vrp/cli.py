@@ -12,10 +12,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vrp.analysis.config import AnalyzeConfig, ProbeConfig
+from vrp.analysis.lens_config import LensConfig
 from vrp.config import RunConfig, field_default, field_help
 from vrp.interventions.config import InterveneConfig
 from vrp.monitor.config import ExportConfig
 from vrp.report.config import ReportConfig
+from vrp.serve.config import ServeConfig
 from vrp.toys.config import TrainConfig
 from vrp.world.dataset import STRATEGY
 from vrp.world.scene import WorldConfig
@@ -29,6 +31,8 @@ world_app = typer.Typer(
 app.add_typer(world_app, name="world")
 monitor_app = typer.Typer(help="Reliability monitors: a run's probe packaged for a live model.", no_args_is_help=True)
 app.add_typer(monitor_app, name="monitor")
+lens_app = typer.Typer(help="Lenses over a run's stored residuals: the tuned lens.", no_args_is_help=True)
+app.add_typer(lens_app, name="lens")
 console = Console(stderr=True)
 
 
@@ -111,6 +115,7 @@ def run(
     workers: int = _opt(RunConfig, "workers"),
     shard_mb: float = _opt(RunConfig, "shard_mb"),
     shard_items: int = _opt(RunConfig, "shard_items"),
+    nli_model: str | None = _opt(RunConfig, "nli_model"),
     force: bool = typer.Option(False, "--force", help="Discard what the run directory holds and start over."),
     analysis: bool = typer.Option(
         True, "--analysis/--answer-only", help="After answering: probes, predictor table and report (default)."
@@ -130,7 +135,7 @@ def run(
             max_new_tokens=max_new_tokens, device=device, dtype=dtype, world_images=world_images,
             samples=samples, temperature=temperature, top_p=top_p, rho=rho, rho_rule=rho_rule,
             store_layers=store_layers, store_attention=store_attention, store_residuals=residuals,
-            engine=engine, workers=workers, shard_mb=shard_mb, shard_items=shard_items,
+            engine=engine, workers=workers, shard_mb=shard_mb, shard_items=shard_items, nli_model=nli_model,
         )  # fmt: skip
     except ConfigError as e:
         _fail(str(e))
@@ -344,6 +349,15 @@ def _train_probes(run: Path, cfg: ProbeConfig) -> None:
         chosen = ", ".join(f"{k}={e[k]}" for k in ("residual_layer", "C", "k", "layer_index") if k in e)
         table.add_row(name, chosen, f"{e['val_auroc']:.3f}", f"{e['test_auroc']:.3f}")
     _stdout().print(table)
+    head = summary.get("consistency_head") or {}
+    if "skipped" in head:
+        console.print(f"[yellow]consistency head skipped:[/] {head['skipped']}", soft_wrap=True)
+    elif head:
+        console.print(
+            f"consistency head (S_SC from the residual, K = {head['samples']}): residual layer {head['residual_layer']}, "
+            f"C = {head['C']}, chosen on validation MSE; test MSE {head['test_mse']:.4f}, R^2 {head['test_r2']:.3f}",
+            soft_wrap=True,
+        )
     console.print(f"wrote {run / 'probes'}; test AUROCs with CIs: `vrp analyze --run {run}`", soft_wrap=True)
 
 
@@ -353,10 +367,17 @@ def analyze(
     n_boot: int = _opt(AnalyzeConfig, "n_boot"),
     n_perm: int = _opt(AnalyzeConfig, "n_perm"),
     seed: int = _opt(AnalyzeConfig, "seed"),
+    units_top: int = _opt(AnalyzeConfig, "units_top"),
+    units_layers: str = _opt(
+        AnalyzeConfig,
+        "units_layers",
+        help="residual layers listed besides the sparse probe's chosen one in analysis/units.parquet, e.g. '8,-1'.",
+    ),
 ) -> None:
     """Which signals predict correctness: AUROC with 95% CIs, p-values (Bonferroni, BH), AURC, ECE."""
     _check_run_dir(run)
-    _analyze(run, _config(AnalyzeConfig, n_boot=n_boot, n_perm=n_perm, seed=seed))
+    _analyze(run, _config(AnalyzeConfig, n_boot=n_boot, n_perm=n_perm, seed=seed, units_top=units_top,
+                          units_layers=_ints(units_layers, "--units-layers")))  # fmt: skip
 
 
 def _analyze(run: Path, cfg: AnalyzeConfig) -> None:
@@ -381,6 +402,15 @@ def _analyze(run: Path, cfg: AnalyzeConfig) -> None:
     undefined = [f"{r['name']}: {r['undefined']}" for r in summary["predictors"] if r["undefined"]]
     if undefined:
         console.print("undefined: " + "; ".join(undefined), soft_wrap=True)
+    if summary.get("consistency"):
+        from vrp.analysis.consistency import describe
+
+        console.print(describe(summary["consistency"]), soft_wrap=True)
+    from vrp.analysis import detachment, units  # the sparse-circuit and symbolic-detachment views, one line each
+
+    for view, entry in ((units, summary.get("units")), (detachment, summary.get("detachment"))):
+        if entry:
+            console.print(view.describe(entry), soft_wrap=True)
     console.print(
         "AUROC oriented by each signal's documented direction (0.5 = chance); probe rows on the probes' test split. "
         f"{NEEDS_NOTE} Wrote {run / 'analysis'}",
@@ -585,6 +615,48 @@ def world_train(
     console.print(f"saved to {out}")
 
 
+@lens_app.command("train")
+def lens_train(
+    run: Path = typer.Option(..., "--run", help="A run directory written by `vrp run` with residuals stored."),
+    epochs: int = _opt(LensConfig, "epochs"),
+    batch_size: int = _opt(LensConfig, "batch_size"),
+    lr: float = _opt(LensConfig, "lr"),
+    weight_decay: float = _opt(LensConfig, "weight_decay"),
+    patience: int = _opt(LensConfig, "patience"),
+    seed: int = _opt(LensConfig, "seed"),
+    device: str = _opt(LensConfig, "device"),
+    model: str | None = _opt(LensConfig, "model"),
+) -> None:
+    """Fit the tuned lens (one affine translator per residual layer) on a run; write its margins and signals."""
+    from vrp.analysis.lens_run import train_tuned_lens
+    from vrp.models import NotAModelError, UnsupportedModelError
+
+    _check_run_dir(run)
+    cfg = _config(LensConfig, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                  patience=patience, seed=seed, device=device, model=model)  # fmt: skip
+    with console.status("tuned lens: loading the run and its model") as status:
+
+        def on_layer(done: int, total: int) -> None:
+            status.update(f"tuned lens: {done} of {total} residual layers done")
+
+        try:
+            doc = train_tuned_lens(run, cfg, on_layer=on_layer)
+        except (ValueError, FileNotFoundError, NotAModelError, UnsupportedModelError) as e:
+            _fail(str(e))
+    table = Table(title=f"tuned lens on {run}: KL(final || lens) per residual layer, nats ({doc['split']['source']}, "
+                        f"sizes {doc['split']['sizes']})")  # fmt: skip
+    for col in ("residual layer", "logit lens val", "tuned val", "logit lens test", "tuned test", "best epoch"):
+        table.add_column(col, justify="right")
+    kl = doc["kl"]
+    for k, layer in enumerate(doc["residual_layers"]):
+        best = doc["fit"]["best_epoch"][k]
+        table.add_row(str(layer), *(f"{kl[lens][s][k]:.4f}" for s in ("val", "test") for lens in ("logit", "tuned")),
+                      "identity (the output)" if best is None else str(best))  # fmt: skip
+    _stdout().print(table)
+    console.print(f"wrote {run / 'lens' / 'tuned'}; the tuned_margin_* signals join `vrp analyze --run {run}`",
+                  soft_wrap=True)  # fmt: skip
+
+
 @monitor_app.command("export")
 def monitor_export(
     run: Path = typer.Option(..., "--run", help="A run directory on which `vrp probe` has run."),
@@ -616,6 +688,12 @@ def monitor_export(
         f"val {op(t['val'])}; test {op(t['test'])}\nwrote {out}",
         soft_wrap=True,
     )
+    if "consistency_head" in doc:
+        console.print(
+            f"with the consistency head (predicted_consistency) at residual layer "
+            f"{doc['consistency_head']['residual_layer']}, read in the same greedy pass",
+            soft_wrap=True,
+        )
     if doc["model"]["content_sha256"] is None:
         console.print(
             f"[yellow]warning:[/] the run's model folder {doc['model']['path']} is not readable here (or changed): "
@@ -674,9 +752,11 @@ def ask(
             a = mon.ask(image, question)
         except ValueError as e:
             _fail(str(e))
-        print(json.dumps({"answer": a.text, "p_correct": a.p_correct, "abstain": a.abstain}))
+        doc = {"answer": a.text, "p_correct": a.p_correct, "abstain": a.abstain}
+        print(json.dumps({**doc, "predicted_consistency": a.predicted_consistency}))  # null without a head
         verdict = "[yellow]abstain[/]" if a.abstain else "[green]answer[/]"
-        console.print(f"{verdict}: p(correct) = {a.p_correct:.3f} (threshold {a.threshold:.3f})")
+        sc = "" if a.predicted_consistency is None else f", predicted consistency {a.predicted_consistency:.3f}"
+        console.print(f"{verdict}: p(correct) = {a.p_correct:.3f} (threshold {a.threshold:.3f}){sc}")
         return
     from vrp.monitor.batch import answer_file
 
@@ -688,6 +768,51 @@ def ask(
     console.print(
         f"answered {counts['answered']} ({counts['abstained']} flagged abstain), skipped {counts['skipped']}; wrote {out}"
     )
+
+
+@app.command()
+def serve(
+    monitor: Path = typer.Option(..., "--monitor", help="A monitor directory written by `vrp monitor export`."),
+    model: str | None = typer.Option(None, help="The model (default: the one the monitor was exported from)."),
+    host: str = _opt(ServeConfig, "host"),
+    port: int = _opt(ServeConfig, "port"),
+    allow_paths: Path | None = _opt(ServeConfig, "allow_paths"),
+    max_batch_size: int = _opt(ServeConfig, "max_batch_size"),
+    max_wait_ms: float = _opt(ServeConfig, "max_wait_ms"),
+    max_queue: int = _opt(ServeConfig, "max_queue"),
+    max_request_bytes: int = _opt(ServeConfig, "max_request_bytes"),
+    max_image_bytes: int = _opt(ServeConfig, "max_image_bytes"),
+    max_image_pixels: int = _opt(ServeConfig, "max_image_pixels"),
+    metrics_window: int = _opt(ServeConfig, "metrics_window"),
+    shutdown_timeout_s: float = _opt(ServeConfig, "shutdown_timeout_s"),
+    served_model_name: str | None = _opt(ServeConfig, "served_model_name"),
+    device: str = _opt(RunConfig, "device"),
+    threshold: float | None = typer.Option(None, help="Override the monitor's abstention threshold."),
+    force: bool = typer.Option(False, "--force", help="Attach even if the model's identity or dtype differs."),
+    log_level: str = typer.Option("info", help="Server log level: debug, info (with the access log), warning, error."),
+) -> None:
+    """Serve the monitor over HTTP: OpenAI-style chat completions with p(correct) and abstain (docs/serve.md)."""
+    try:
+        from vrp.serve.server import serve as run_server
+    except ImportError as e:
+        _fail(f"vrp serve needs FastAPI, uvicorn and prometheus_client ({e}): pip install 'vrp[serve]'")
+    if allow_paths is not None and not allow_paths.is_dir():
+        _fail(f"--allow-paths {allow_paths} is not a folder")
+    cfg = _config(ServeConfig, host=host, port=port, allow_paths=None if allow_paths is None else str(allow_paths),
+                  max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                  max_request_bytes=max_request_bytes, max_image_bytes=max_image_bytes,
+                  max_image_pixels=max_image_pixels, metrics_window=metrics_window,
+                  shutdown_timeout_s=shutdown_timeout_s, served_model_name=served_model_name)  # fmt: skip
+    mon = _load_monitor(monitor, model, device, threshold, force)
+
+    def ready(url: str) -> None:
+        console.print(f"vrp serve: ready on {url} (POST {url}/v1/chat/completions; SIGTERM to stop)", soft_wrap=True)
+
+    try:
+        run_server(mon, cfg, on_ready=ready, log_level=log_level)
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port}: {e}")
+    console.print("vrp serve: stopped (requests in flight answered)")
 
 
 def main() -> None:  # pragma: no cover

@@ -13,6 +13,7 @@ from vrp.config import RunConfig, TraceConfig, field_default, field_help
 from vrp.interventions.config import InterveneConfig
 from vrp.monitor.config import ExportConfig
 from vrp.report.config import ReportConfig
+from vrp.serve.config import ServeConfig
 from vrp.toys.config import TrainConfig
 from vrp.world.scene import WorldConfig
 
@@ -28,6 +29,7 @@ COMMANDS = {
     # --steps defaults to each family's recipe (vrp.toys.recipes), not to TrainConfig.steps
     ("world", "train"): (TrainConfig, {"steps": "(the recipe's)"}),
     ("monitor", "export"): (ExportConfig, {}),
+    ("serve",): (ServeConfig, {}),
 }
 
 
@@ -78,5 +80,5 @@ def test_run_and_trace_share_their_defaults():
 
 def test_every_documented_field_has_help_and_every_field_is_documented():
     for cls in (RunConfig, TraceConfig, ProbeConfig, AnalyzeConfig, InterveneConfig, ReportConfig, ExportConfig,
-                TrainConfig, WorldConfig):  # fmt: skip
+                TrainConfig, WorldConfig, ServeConfig):  # fmt: skip
         assert set(field_help(cls)) == set(cls.__dataclass_fields__), cls.__name__

@@ -24,6 +24,7 @@ PAGES = (
     "signals.md",
     "interventions.md",
     "monitor.md",
+    "serve.md",
     "toys.md",
     "python-api.md",
     "study.md",

@@ -57,8 +57,13 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._busy = False
+        self._gathered: list[_Pending] = []  # the batch being filled, not yet sent to the model
         self.draining = False
-        metrics.queue_depth.set_function(self._queue.qsize)
+        metrics.queue_depth.set_function(self.waiting)
+
+    def waiting(self) -> int:
+        """Requests waiting for the model: queued, or gathered into a batch that is still filling."""
+        return self._queue.qsize() + len(self._gathered)
 
     def start(self) -> None:
         """Start gathering (inside the running event loop)."""
@@ -102,7 +107,9 @@ class Batcher:
             batch = [await self._queue.get()]
             self._busy = True
             try:
+                self._gathered = batch
                 await self._fill(batch)
+                self._gathered = []
                 await self._process(batch)
             except Exception:  # never let one batch end the loop
                 log.exception("the batcher failed on a batch")
@@ -110,7 +117,7 @@ class Batcher:
                     if not p.future.done():
                         p.future.set_exception(RequestError(500, "internal_error", "the server failed on this batch"))
             finally:
-                self._busy = False
+                self._busy, self._gathered = False, []
 
     async def _fill(self, batch: list[_Pending]) -> None:
         """Add requests to ``batch`` until it is full or the first has waited ``max_wait_ms``."""

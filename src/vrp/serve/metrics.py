@@ -19,7 +19,7 @@ Over the last ``metrics_window`` answers (gauges: a deployer watches them for dr
     vrp_abstain_rate_window                  share of the window's answers flagged abstain
     vrp_window_answers                       answers in the window (fewer than the window at start)
 
-And now: ``vrp_queue_depth`` (requests waiting for the model), ``vrp_monitor_info`` (the monitor's
+And now: ``vrp_queue_depth`` (requests waiting for the model: queued, or in a batch still filling), ``vrp_monitor_info`` (the monitor's
 identity as labels, value 1).
 """
 

@@ -251,13 +251,18 @@ def _read_path(ref: ImageRef, root: Path | None, max_image_bytes: int) -> bytes:
         raise _bad("image_not_found", f"no image file {ref.path!r} under the allowed folder", ref.param) from None
     except OSError as e:
         raise _bad("image_not_found", f"cannot open the image {ref.path!r}: {e.strerror}", ref.param) from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _bad("image_not_found", f"the image path {ref.path!r} is not a regular file", ref.param)
         if st.st_size > max_image_bytes:
             raise _too_big(st.st_size, max_image_bytes, ref.param)
-        data = f.read(max_image_bytes + 1)
+        with os.fdopen(fd, "rb") as f:
+            fd = -1  # the file object closes it
+            data = f.read(max_image_bytes + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
     if len(data) > max_image_bytes:  # grew since fstat
         raise _too_big(len(data), max_image_bytes, ref.param)
     return data
