@@ -75,6 +75,10 @@ def test_report_shows_the_units_with_their_ablation(full):
     assert "-12.5" in row and "with 1 other unit" in row  # the planted unit was ablated with one other
     assert "units not recorded" in row  # the old experiment: what was ablated, not a per-unit claim
     assert "random 2" not in row  # controls are not the unit's effect
+    note = body[body.index("What the neurons experiments ablated") :]
+    control = re.search(r"<li><code>neurons</code> · random 2 L1 residual zero <em>\(control: random units\)</em>: "
+                        r"2 units of block 1.*?</li>", note).group(0)  # fmt: skip
+    assert "-1.0" in control and "[-3.0, +1.0]" in control  # the control's own effect, beside the probe units'
     summary = json.loads((run / "summary.json").read_text())
     assert summary["sparse_circuit"]["residual_layer"] == 2 and summary["sparse_circuit"]["top1_share"] > 0.5
 
@@ -108,3 +112,22 @@ def test_views_degrade_to_notices(tmp_path):
     assert "No detachment view: no item has a gold region" in _section(page, "cases")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["sparse_circuit"]["available"] is False and summary["detachment"]["available"] is False
+
+
+def test_cards_outline_gold_regions_and_name_the_overlay_block(tmp_path):
+    run = planted_run(tmp_path, n=60)
+    analyze(run, AnalyzeConfig(n_boot=50, n_perm=50))
+    build_report(run, n_cases=4)
+    cases = _section((run / "report" / "index.html").read_text(), "cases")
+    assert "gold regions not drawn: the manifest names no data file" in cases
+    assert "The overlays below show decoder block" not in cases  # the last block: the one the selection read
+    # the data file with the items' regions, where ShapesWorld writes it
+    manifest = json.loads((run / "manifest.json").read_text())
+    recs = [{"id": f"it-{i:03d}", "regions": [{"label": "obj", "box": [2, 2, 12, 10]}]} for i in range(60)]
+    (run / "data" / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    manifest["data"] = {"format": "shapesworld", "path": str(run / "data" / "items.jsonl")}
+    atomic_write_json(run / "manifest.json", manifest)
+    build_report(run, layer=0, n_cases=4)
+    cases = _section((run / "report" / "index.html").read_text(), "cases")
+    assert "gold regions not drawn" not in cases and "outlined in cyan" in cases
+    assert "The overlays below show decoder block 0" in cases and "the selection read block 1" in cases

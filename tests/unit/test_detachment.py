@@ -138,3 +138,48 @@ def test_a_block_reads_the_stored_curves(tmp_path):
     with pytest.raises(ValueError, match="outside"):
         detachment(run, DetachmentConfig(block=5))
     assert n == 22
+
+
+# ---- the galleries' gold-region outlines -----------------------------------------------------------
+
+
+def test_gold_regions_are_read_back_from_the_runs_data_file(tmp_path):
+    from types import SimpleNamespace
+
+    from vrp.report.cases import gold_regions
+
+    run_dir = tmp_path / "moved"
+    (run_dir / "data").mkdir(parents=True)
+    recs = [{"id": "a", "regions": [{"label": "x", "box": [1, 2, 5, 6]}, {"label": "y", "box": [0, 0, 3, 3]}]},
+            {"id": "b", "regions": []}, {"id": "c", "regions": [{"label": "z", "box": [7, 7, 9, 9]}]}]  # fmt: skip
+    (run_dir / "data" / "items.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\nnot json\n")
+    # the manifest names where the run was made; the run has moved since: the suffix under the run is used
+    run = SimpleNamespace(run_dir=run_dir, manifest={"data": {"format": "shapesworld",
+                                                              "path": "/elsewhere/data/items.jsonl"}})  # fmt: skip
+    got, note = gold_regions(run, ["a", "b", "missing"])
+    assert got == {"a": [[1.0, 2.0, 5.0, 6.0], [0.0, 0.0, 3.0, 3.0]], "b": []} and note == ""
+    run.manifest = {"data": {"format": "vqav2", "path": "/x/questions.json"}}
+    got, note = gold_regions(run, ["a"])
+    assert got == {} and "vqav2" in note and "not a JSONL file" in note
+    run.manifest = {"data": {"format": "generic", "path": "/nowhere/other.jsonl"}}
+    assert "data file not found" in gold_regions(run, ["a"])[1]
+    run.manifest = {}
+    assert "names no data file" in gold_regions(run, ["a"])[1]
+
+
+def test_case_figure_outlines_the_gold_regions():
+    from io import BytesIO
+
+    from PIL import Image
+
+    from vrp.report.figures import case_figure
+
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    args = (image, None, np.zeros(3), ["a", "b", "c"], "attention", "lens")
+
+    def cyan(png: bytes) -> int:
+        px = np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(int)
+        return int(((px[..., 0] < 80) & (px[..., 1] > 180) & (px[..., 2] > 200)).sum())
+
+    assert cyan(case_figure(*args)) == 0
+    assert cyan(case_figure(*args, regions=[(5, 5, 30, 20)])) > 50  # drawn on both image panels

@@ -222,6 +222,22 @@ def test_units_json_recomputed_from_the_probe(run):
     assert s["chosen"]["top1_share"] > 0.5  # one unit carries the boundary
 
 
+def test_each_unit_row_carries_its_layers_summary(run):
+    table, summary = unit_table(run, AnalyzeConfig(n_boot=20, units_layers=(1,)))
+    t = table.to_pandas()
+    coef = load_probe(run / "probes" / "probe_sparse").coef_
+    by_layer = {r["residual_layer"]: r for r in summary["layers"]}
+    assert set(t["residual_layer"]) == {1, 2}
+    for _, r in t.iterrows():
+        j = int(r["residual_layer"])
+        mags = np.sort(np.abs(coef[j]))[::-1]
+        assert r["layer_n_nonzero"] == np.count_nonzero(coef[j]) and r["layer_frac_nonzero"] == pytest.approx(
+            np.count_nonzero(coef[j]) / D
+        )
+        assert r["layer_top5_share"] == pytest.approx(mags[:5].sum() / mags.sum())
+        assert r["layer_C"] == by_layer[j]["C"] and r["layer_top10_share"] == by_layer[j]["top10_share"]
+
+
 def test_asked_layers_are_listed_and_bad_ones_refused(run):
     table, summary = unit_table(run, AnalyzeConfig(n_boot=50, units_layers=(1, -1)))
     assert summary["residual_layers_shown"] == [2, 1]  # the chosen layer first; -1 is the chosen one
@@ -239,6 +255,13 @@ def test_no_sparse_probe_is_a_reason_not_an_error(tmp_path):
     assert not entry["available"] and "vrp probe" in entry["reason"]
     assert json.loads((run / "analysis" / "units.json").read_text())["available"] is False
     assert not (run / "analysis" / "units.parquet").exists()
+    # the reason names what the run lacks: probes skipped (one class), or no residuals stored at all
+    (run / "probes").mkdir(exist_ok=True)
+    atomic_write_json(run / "probes" / "skipped.json", {"reason": "the label has one class"})
+    assert "probes were skipped (the label has one class)" in write_units(run, AnalyzeConfig(n_boot=10))["reason"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    atomic_write_json(run / "manifest.json", {**manifest, "config": {**manifest["config"], "store_residuals": False}})
+    assert "stored no residuals (`vrp run --no-residuals`)" in write_units(run, AnalyzeConfig(n_boot=10))["reason"]
 
 
 # ---- the study's concentration row -----------------------------------------------------------------

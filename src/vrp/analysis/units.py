@@ -10,7 +10,8 @@ writes ``RUN_DIR/analysis/``:
                     (standardized units: the weight of one training standard deviation), its share of the layer's
                     total |coefficient|, its mean activation on the correct and on the wrong test items (raw
                     residual, the model's own units), their difference with a 95% bootstrap CI, and the same
-                    difference in training standard deviations
+                    difference in training standard deviations; each row also carries its layer's summary
+                    (``layer_C``, ``layer_n_nonzero``, ``layer_frac_nonzero``, ``layer_top{1,5,10}_share``)
     units.json      per residual layer: the number and fraction of units with a non-zero weight and the
                     concentration of the decision boundary (the share of total |coefficient| held by the top 1,
                     5 and 10 units); the chosen layer, the settings, the units of each column
@@ -33,6 +34,7 @@ from vrp.runs.rundir import atomic_write_json, write_table
 UNITS_FILE = "units.parquet"
 UNITS_JSON = "units.json"
 TOP_SHARES = (1, 5, 10)  # the concentration: share of total |coefficient| held by the top k units
+LAYER_KEYS = ("C", "n_nonzero", "frac_nonzero", *(f"top{k}_share" for k in TOP_SHARES))  # repeated per unit row
 COEF_UNITS = "standardized: the logit change per training standard deviation of the unit"
 ACTIVATION_UNITS = "raw residual stream (the stored decision-position residual, the model's own units)"
 
@@ -137,6 +139,18 @@ def _resolve(layers: tuple[int, ...] | None, residual_layers: list[int]) -> list
     return out
 
 
+def _why_no_probe(run_dir: Path) -> str:
+    """Why the run has no sparse probe, and what makes one."""
+    manifest = run_dir / "manifest.json"
+    config = json.loads(manifest.read_text()).get("config", {}) if manifest.is_file() else {}
+    if config.get("store_residuals") is False:
+        return "no sparse probe: the run stored no residuals (`vrp run --no-residuals`), and the probes read them"
+    skipped = run_dir / "probes" / "skipped.json"
+    if skipped.is_file():
+        return f"no sparse probe: the probes were skipped ({json.loads(skipped.read_text()).get('reason', '?')})"
+    return f"no sparse probe ({run_dir / 'probes' / 'probe_sparse'} missing): run `vrp probe --run {run_dir}`"
+
+
 def unit_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> tuple[pa.Table | None, dict]:
     """The top units of the sparse probe (units.parquet) and the per-layer summary (units.json).
 
@@ -151,8 +165,7 @@ def unit_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> tuple[pa.Tabl
     probes = run_dir / "probes"
     folder = probes / "probe_sparse"
     if not (folder / "probe.json").is_file() or not (probes / "summary.json").is_file():
-        why = f"no sparse probe ({folder} missing): run `vrp probe --run {run_dir}`"
-        return None, {"available": False, "reason": why}
+        return None, {"available": False, "reason": _why_no_probe(run_dir)}
     psum = json.loads((probes / "summary.json").read_text())
     split = json.loads((probes / "split.json").read_text())
     probe = load_probe(folder)
@@ -189,6 +202,7 @@ def unit_table(run_dir: Path, cfg: AnalyzeConfig | None = None) -> tuple[pa.Tabl
                 "shift": float(s["shift"][rank]), "shift_ci_low": float(s["ci_low"][rank]),
                 "shift_ci_high": float(s["ci_high"][rank]), "shift_sd": float(s["shift"][rank] / scale[j, unit]),
                 "n_correct": int(y.sum()), "n_wrong": int((~y).sum()),
+                **{f"layer_{k}": per_layer[j][k] for k in LAYER_KEYS},
             })  # fmt: skip
     summary = {
         "available": True, "probe": "probe_sparse", "split": "test", "n_test": len(test),
@@ -220,6 +234,12 @@ SCHEMA = pa.schema(
         ("shift_sd", pa.float64()),  # shift / the unit's training standard deviation
         ("n_correct", pa.int64()),
         ("n_wrong", pa.int64()),
+        # the unit's layer as a whole (units.json's per-layer row): the sparse probe's penalty C chosen on validation,
+        # its non-zero units and their fraction, and the share of |coef| held by the top 1, 5 and 10 units
+        ("layer_C", pa.float64()),
+        ("layer_n_nonzero", pa.int64()),
+        ("layer_frac_nonzero", pa.float64()),
+        *((f"layer_top{k}_share", pa.float64()) for k in TOP_SHARES),
     ]
 )
 

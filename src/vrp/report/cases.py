@@ -53,8 +53,43 @@ def _load_image(path) -> np.ndarray | None:
         return None
 
 
+def gold_regions(run: RunData, ids: list[str]) -> tuple[dict[str, list[list[float]]], str]:
+    """The gold regions (pixel boxes ``[x0, y0, x1, y1]``) of ``ids`` from the run's data file, and a note.
+
+    The run directory does not store the boxes: they are read back from the manifest's data path when it is a
+    JSONL file of items (ShapesWorld, the generic format), found as stored or under the run directory (a moved
+    run). Other sources give ``{}`` and the note says why (the overlays then show no box).
+    """
+    import json
+
+    data = run.manifest.get("data") or {}
+    stored = str(data.get("path") or "")
+    if not stored.endswith(".jsonl"):
+        what = f"the data source ({esc(data.get('format', '?'))}) is not a JSONL file" if stored else \
+            "the manifest names no data file"  # fmt: skip
+        return {}, f"gold regions not drawn: {what}"
+    path = resolve_image(run, stored)  # the same lookup as an image: as stored, else a suffix under the run
+    if path is None:
+        return {}, f"gold regions not drawn: data file not found: {code(stored)}"
+    want, out = set(ids), {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not want:
+                break
+            if '"regions"' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("id") in want:
+                want.discard(rec["id"])
+                out[rec["id"]] = [[float(v) for v in r["box"]] for r in rec.get("regions") or [] if "box" in r]
+    return out, ""
+
+
 def _card(run: RunData, row, arrays: dict, block: int | None, idx: int | None, names: TokenNames, probe: dict,
-          extra: list[tuple[str, str]] | tuple = ()) -> str:  # fmt: skip
+          extra: list[tuple[str, str]] | tuple = (), regions: list | None = None) -> str:  # fmt: skip
     att = arrays.get("attention")
     att_map = None
     if att is not None and idx is not None:
@@ -71,7 +106,7 @@ def _card(run: RunData, row, arrays: dict, block: int | None, idx: int | None, n
     lens_title = f"logit lens: gold vs best other (last: '{answer_tok[:12]}')"
     box = arrays.get("view_box")  # runs before views were recorded: the grid stretched over the image
     png = F.case_figure(image, att_map, margin, tokens, f"attention, block {block}", lens_title,
-                        None if box is None else tuple(float(v) for v in box))  # fmt: skip
+                        None if box is None else tuple(float(v) for v in box), regions or ())  # fmt: skip
     wrong = not bool(row["correct"])
     tag = "<span class='tag wrong'>wrong</span>" if wrong else "<span class='tag right'>right</span>"
     gold = ", ".join(str(g) for g in row["gold"])
@@ -116,7 +151,8 @@ def cases_section(run: RunData, layer: int | None, n_cases: int) -> Section:
         "probability of the first answer token, and right answers given with a low one. For each, the image, the "
         f"attention over image patches at decoder block {esc(block)} (mean over heads and answer tokens, "
         "renormalized; the model's patch grid stretched over the image, so a processor crop shifts it "
-        "slightly), and the logit-lens trajectory: per residual layer, the gold answer's first token minus the "
+        "slightly; the gold regions, where the data file has them, outlined in cyan), and the logit-lens "
+        "trajectory: per residual layer, the gold answer's first token minus the "
         "best other token (above 0: that layer prefers the gold), labelled with the lens's top token; at the last "
         "layer the top token is the model's own first answer token. The probe score is the dense probe's "
         "p(correct): compare it with the model's confidence to see whether the hidden state 'knew' better. "
@@ -130,6 +166,7 @@ def cases_section(run: RunData, layer: int | None, n_cases: int) -> Section:
     ids = list(wrong["id"]) + list(right["id"])
     ids += [i for g in gallery_ids(read_view(run), n_cases).values() for i in g if i not in ids]
     arrays = item_arrays(run, ids, ("attention", "view_box", "curve.margin", "curve.lens_top_id"))
+    regions, region_note = gold_regions(run, ids)
     names = TokenNames(run)
     probe: dict[str, dict] = {}
     if run.predictions is not None and "probe_dense" in run.predictions:
@@ -141,14 +178,18 @@ def cases_section(run: RunData, layer: int | None, n_cases: int) -> Section:
     if block is None or run.manifest.get("config", {}).get("store_attention") == "none":
         parts.append("<p class='missing'>This run stored no attention maps (<code>--store-attention none</code> "
                      "or <code>--store-layers none</code>): the overlays are empty.</p>")  # fmt: skip
+    if region_note:
+        parts.append(f"<p class='small'>{region_note}.</p>")
     for title, group in (("Most confident wrong answers", wrong), ("Least confident right answers", right)):
         parts.append(f"<h3>{title}</h3>")
         if group.empty:
             parts.append("<p>None in this run.</p>")
         for _, row in group.iterrows():
-            parts.append(_card(run, row, arrays.get(row["id"], {}), block, idx, names, probe.get(row["id"], {})))
+            parts.append(_card(run, row, arrays.get(row["id"], {}), block, idx, names, probe.get(row["id"], {}),
+                               regions=regions.get(row["id"])))  # fmt: skip
     parts.append(detachment_block(run, n_cases, lambda row, extra: _card(
-        run, row, arrays.get(row["id"], {}), block, idx, names, probe.get(row["id"], {}), extra)))  # fmt: skip
+        run, row, arrays.get(row["id"], {}), block, idx, names, probe.get(row["id"], {}), extra,
+        regions.get(row["id"])), block, meta.get("n_layers")))  # fmt: skip
     return Section("cases", "Case studies", "".join(parts))
 
 

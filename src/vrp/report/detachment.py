@@ -66,8 +66,14 @@ def gallery_ids(view: dict | None, n_cases: int) -> dict[str, list[str]]:
     }
 
 
-def detachment_block(run: RunData, n_cases: int, card: Callable[[dict, list[tuple[str, str]]], str]) -> str:
-    """The rates table and the two galleries; ``card(row, extra_facts)`` renders one item's case card."""
+def detachment_block(run: RunData, n_cases: int, card: Callable[[dict, list[tuple[str, str]]], str],
+                     overlay_block: int | None = None, n_blocks: int | None = None) -> str:  # fmt: skip
+    """The rates table and the two galleries; ``card(row, extra_facts)`` renders one item's case card.
+
+    Args:
+        overlay_block: the decoder block the cards' overlays show; when it is not the block the selection read
+            (``n_blocks`` resolves "last"), a note says so.
+    """
     parts = ["<h3>Symbolic detachment</h3>"]
     view = read_view(run)
     if view is None:
@@ -77,6 +83,11 @@ def detachment_block(run: RunData, n_cases: int, card: Callable[[dict, list[tupl
     if not view.get("available"):
         return "".join(parts) + f"<p class='missing'>No detachment view: {esc(view.get('reason', ''))}.</p>"
     parts.append(_guide(view))
+    read = n_blocks - 1 if view["block"] == "last" and n_blocks else view["block"]
+    read = read + n_blocks if isinstance(read, int) and read < 0 and n_blocks else read
+    if overlay_block is not None and isinstance(read, int) and overlay_block != read:
+        parts.append(f"<p class='small'>The overlays below show decoder block {overlay_block} (<code>vrp report "
+                     f"--layer</code>); the selection read block {read}.</p>")  # fmt: skip
     rows = [[esc(r["task"]), str(r["n_region"]), str(r["n_focused"]), str(r["n_missed"]), _rate(r["focused_wrong"]),
              _rate(r["missed_right"]), _rate(r["accuracy_focused"]), _rate(r["accuracy_missed"]),
              _rate(r["accuracy_region"])] for r in view["rows"]]  # fmt: skip

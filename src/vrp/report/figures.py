@@ -177,6 +177,7 @@ def case_figure(
     attn_title: str,
     lens_title: str,
     box: tuple[float, float, float, float] | None = None,
+    regions: Sequence[Sequence[float]] = (),
 ) -> bytes:
     """One case: the image, its attention overlay and the logit-lens truth margin per residual
     layer annotated with the lens's top token.
@@ -188,7 +189,10 @@ def case_figure(
         top_tokens: the lens's top token per residual layer (same length as ``margin``).
         box: ``(x0, y0, x1, y1)`` the pixels of the image the grid spans (a centre crop, a padded
             area); None stretches the grid over the whole image.
+        regions: the item's gold regions, ``(x0, y0, x1, y1)`` pixel boxes, outlined on both image panels.
     """
+    from matplotlib.patches import Rectangle
+
     fig = _figure(8.4, 2.6)
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.7]})
     for ax, overlay in ((axes[0], False), (axes[1], True)):
@@ -200,6 +204,10 @@ def case_figure(
             continue
         h, w = image.shape[:2]
         ax.imshow(image, extent=(0, w, h, 0), interpolation="nearest")
+        for x0, y0, x1, y1 in regions:
+            ax.add_patch(
+                Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="#00e5ff", linewidth=1.3, zorder=3)
+            )
         if overlay:
             if attention is None:
                 ax.text(w / 2, h / 2, "attention\nnot stored", ha="center", va="center", fontsize=9, color="white")

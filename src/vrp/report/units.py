@@ -43,8 +43,9 @@ def _read(run: RunData) -> tuple[dict | None, pd.DataFrame | None]:
 
 
 def neuron_ablations(run: RunData) -> list[dict]:
-    """Every non-control condition of the run's ``neurons`` experiments: experiment, label, block, site, the
-    ablated units (None where the summary predates their recording) and the all-task effect row (or None)."""
+    """Every condition of the run's ``neurons`` experiments: experiment, label, block, site, control flag (the
+    random units), the ablated units (None where the summary predates their recording) and the all-task effect
+    row (or None)."""
     out = []
     experiments = (run.interventions or {}).get("experiments", {})
     for name, exp in experiments.items():
@@ -52,15 +53,14 @@ def neuron_ablations(run: RunData) -> list[dict]:
             continue
         site = (exp.get("config") or {}).get("site", "residual")
         for c in exp.get("conditions", []):
-            if c.get("control"):
-                continue
             row = None
             if run.effects is not None:
                 e = run.effects
                 hit = e[(e["experiment"] == name) & (e["condition"] == c["label"]) & (e["task"] == "all")]
                 row = hit.iloc[0].to_dict() if len(hit) else None
             out.append({"experiment": name, "label": c["label"], "block": int(c.get("layer", -1)),
-                        "site": c.get("site", site), "units": c.get("units"), "effect": row})  # fmt: skip
+                        "site": c.get("site", site), "units": c.get("units"), "effect": row,
+                        "control": bool(c.get("control"))})  # fmt: skip
     return out
 
 
@@ -68,7 +68,7 @@ def _effect_cell(unit: int, residual_layer: int, ablations: list[dict]) -> str:
     """What the neurons experiments did to ``unit`` of ``residual_layer`` (block residual_layer - 1's output)."""
     parts = []
     for a in ablations:
-        if a["block"] != residual_layer - 1 or a["site"] != "residual":
+        if a["control"] or a["block"] != residual_layer - 1 or a["site"] != "residual":
             continue
         eff = a["effect"]
         delta = "no effect row" if eff is None else with_ci(eff["delta_pp"], eff["delta_ci_low"], eff["delta_ci_high"],
@@ -97,8 +97,12 @@ def _ablation_note(ablations: list[dict], shown: set[int]) -> str:
         eff = a["effect"]
         delta = "" if eff is None else ": " + with_ci(eff["delta_pp"], eff["delta_ci_low"], eff["delta_ci_high"],
                                                        "+.1f") + " pp"  # fmt: skip
-        items.append(f"<li>{code(a['experiment'])} · {esc(a['label'])}: {units} of {esc(where)}{note}{delta}</li>")
-    return "<p class='small'>What the neurons experiments ablated:</p><ul class='small'>" + "".join(items) + "</ul>"
+        kind = " <em>(control: random units)</em>" if a["control"] else ""
+        items.append(
+            f"<li>{code(a['experiment'])} · {esc(a['label'])}{kind}: {units} of {esc(where)}{note}{delta}</li>"
+        )
+    return ("<p class='small'>What the neurons experiments ablated (compare each probe-unit condition with the random "
+            "units of the same block):</p><ul class='small'>" + "".join(items) + "</ul>")  # fmt: skip
 
 
 def _histograms(run: RunData, summary: dict, top: pd.DataFrame) -> str:
