@@ -106,6 +106,8 @@ def test_short_training_is_seeded_saves_loadable_model_and_reaches_vision_tower(
     saved = json.loads((tmp_path / "m0" / "training_log.json").read_text())
     assert saved["chosen"]["step"] in (3, 6)
     assert saved["device"] == "cpu"
+    assert load_adapter(str(tmp_path / "m0")).supervised_heads == ()  # attn_sup_weight 0: the record says none
+    assert json.loads((tmp_path / "m0" / "attention_supervision.json").read_text())["by_task"] == {}
     fresh, _ = build_toy("llava", seed=0)
     assert any(not torch.equal(fresh.state_dict()[k], s0[k]) for k in s0)  # it actually trained
 

@@ -11,6 +11,8 @@ Reads a run directory (and the probes of ``vrp probe`` when present) and writes
                          margin of correct vs wrong items (mean and 95% bootstrap CI), and
                          the AUROC of each structural curve at that layer; with a tuned lens
                          (`vrp lens train`), its margins too (tuned_margin_*)
+    head_groups.parquet  the per-head features over the supervised / unsupervised heads
+                         (vrp.analysis.head_groups; derived signals attn_<feature>_sup / _unsup)
     units.parquet/.json  the sparse-circuit view (vrp.analysis.units)
     detachment.json      the symbolic-detachment view (vrp.analysis.detachment)
     summary.json         the settings, n, accuracy and the rows above as JSON
@@ -182,11 +184,15 @@ def analyze(run_dir: Path, cfg: AnalyzeConfig | None = None) -> dict:
     run_dir = Path(run_dir)
     out = run_dir / "analysis"
     out.mkdir(exist_ok=True)
+    from vrp.analysis.head_groups import write_head_groups  # analysis/head_groups.parquet: supervised vs not
+
+    head_groups = write_head_groups(run_dir)
     table = predictor_table(run_dir, cfg)
     layers = layer_table(run_dir, cfg)
     write_table(out / "predictors.parquet", table)
     write_table(out / "layers.parquet", layers)
-    summary = {"config": cfg.__dict__, "predictors": table.to_pylist(), "n_layers": layers.num_rows}
+    summary = {"config": cfg.__dict__, "predictors": table.to_pylist(), "n_layers": layers.num_rows,
+               "head_groups": head_groups}  # fmt: skip
     from vrp.analysis.consistency import analyze_consistency  # analysis/consistency.json (runs with the head)
 
     summary["consistency"] = analyze_consistency(run_dir, cfg)

@@ -202,6 +202,15 @@ class ModelAdapter:
     # prompt (not where a block keeps a recurrent state, which cannot be cut back).
     continues_from_cache: ClassVar[bool] = True
 
+    @property
+    def supervised_heads(self) -> tuple[tuple[int, int], ...]:
+        """The ``(decoder block, query head)`` pairs whose attention the checkpoint's training
+        supervised (``attention_supervision.json``, :mod:`vrp.models.supervision`): the shipped
+        toys' trained heads; ``()`` for a model without the record (every hub model)."""
+        from vrp.models.supervision import read_supervised_heads
+
+        return read_supervised_heads(self.path)
+
     def attention_blocks(self) -> tuple[int, ...]:
         """The decoder blocks whose token mixing is softmax self-attention over the prompt, so
         that they have attention maps (default: every block; a hybrid model's linear-attention

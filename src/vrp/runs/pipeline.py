@@ -200,6 +200,7 @@ def run(cfg: RunConfig, force: bool = False, on_progress: Progress | None = None
 def _run_locked(cfg: RunConfig, run_dir: Path, force: bool, on_progress: Progress | None) -> dict:
     from vrp.models.base import adapter_for, read_model_type
     from vrp.models.loading import resolve_model_path
+    from vrp.models.supervision import read_supervised_heads
 
     if force:
         _clear(run_dir)
@@ -228,7 +229,8 @@ def _run_locked(cfg: RunConfig, run_dir: Path, force: bool, on_progress: Progres
         manifest = {
             "status": "running", "identity": identity, "config": cfg.to_dict(), "data": provenance,
             "versions": versions(), "seed": cfg.seed, "started": started,
-            "model": {"name": cfg.model, "model_type": model_type, "canonical_view": family.canonical_view, **model_id},
+            "model": {"name": cfg.model, "model_type": model_type, "canonical_view": family.canonical_view, **model_id,
+                      "supervised_heads": [list(p) for p in read_supervised_heads(model_path)]},
             "counts": {"items_loaded": len(loaded.items), "items": len(items), "batches": len(spans)},
             "semantic_clustering": "canonical" if nli is None else f"nli:{nli['path']}",
         }  # fmt: skip

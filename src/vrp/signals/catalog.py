@@ -446,6 +446,17 @@ _HEAD_DERIVED = tuple(
     for k in (1, 4, 16) for f, (unit, direction, needs) in _HEAD_FEATURES.items()
 )  # fmt: skip
 
+_GROUP_DOC = {  # vrp.analysis.head_groups: heads split by the checkpoint's attention-supervision record
+    "unsup": "heads whose attention training did NOT supervise (every head of a model without the record)",
+    "sup": "heads whose attention training supervised (NaN for a model without the record: every hub model)",
+}
+_HEAD_GROUP_DERIVED = tuple(
+    DerivedSignal(f"attn_{f}_{g}", "structural", unit, direction,
+                  f"mean per-head {f.replace('_', ' ')} over the {_GROUP_DOC[g]}, all blocks",
+                  "analysis/head_groups.parquet", "vrp analyze", needs)
+    for g in ("unsup", "sup") for f, (unit, direction, needs) in _HEAD_FEATURES.items()
+)  # fmt: skip
+
 _CONSISTENCY_DERIVED = (  # vrp.analysis.consistency: S_SC predicted from the greedy pass's residual
     DerivedSignal("predicted_consistency", "behavioral", "fraction", "higher",
                   "the consistency head's S_SC from the decision-position residual (no sampling; trained on "
@@ -462,7 +473,7 @@ _TUNED_LENS_DERIVED = (  # vrp.analysis.lens_run: truth margins under the tuned 
 )  # fmt: skip
 
 # One tuple per source, filled where the signals are computed; names never clash with SIGNALS.
-DERIVED: tuple[DerivedSignal, ...] = (*_HEAD_DERIVED, *_CONSISTENCY_DERIVED, *_TUNED_LENS_DERIVED)
+DERIVED: tuple[DerivedSignal, ...] = (*_HEAD_DERIVED, *_HEAD_GROUP_DERIVED, *_CONSISTENCY_DERIVED, *_TUNED_LENS_DERIVED)
 DERIVED_BY_NAME: dict[str, DerivedSignal] = {d.name: d for d in DERIVED}
 
 

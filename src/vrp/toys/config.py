@@ -84,6 +84,19 @@ class TrainConfig(Config):
              f"steps, batch_size and eval_every must be >= 1, got {self.steps}, {self.batch_size}, {self.eval_every}"),
         )  # fmt: skip
 
+    def supervised_by_task(self) -> dict[str, tuple[tuple[int, int], ...]]:
+        """Task -> the ``(decoder block, query head)`` pairs its questions' attention is pushed on
+        (:class:`vrp.toys.supervision.AttentionSupervisor`: spatial questions heads 0 and 1, another
+        task its ``attn_sup_heads`` entry or head 0); empty without attention supervision. Saved
+        beside the checkpoint as ``attention_supervision.json`` (:mod:`vrp.models.supervision`)."""
+        if self.attn_sup_weight <= 0:
+            return {}
+        layer = self.attn_sup_layer
+        return {
+            t: ((layer, 0), (layer, 1)) if t == "spatial" else ((layer, self.attn_sup_heads.get(t, 0)),)
+            for t in self.attn_sup_tasks
+        }
+
     @property
     def horizon(self) -> int:
         """The number of steps the learning-rate schedule and the curriculum are laid out over."""

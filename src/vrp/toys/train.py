@@ -23,7 +23,8 @@ gold token.
 :func:`train` is the loop; its parts, in the order they run: :func:`build_model`,
 :func:`prepare_data`, :func:`make_optimizer` (with :func:`learning_rate`),
 :func:`auxiliaries`, then per step :func:`sample_batch` and :func:`train_step`,
-:func:`evaluate_and_keep` and :func:`eval_record` every ``eval_every`` steps, and :func:`save_model` at the end.
+:func:`evaluate_and_keep` and :func:`eval_record` every ``eval_every`` steps, and :func:`save_model` at the end
+(with the supervised heads' record, ``attention_supervision.json``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from vrp.capture.attention import IMPL_NAME, recording, register
 from vrp.capture.engine import language_attention
 from vrp.config import DEVICE
 from vrp.models.base import ModelAdapter, adapter_for
+from vrp.models.supervision import supervision_record, write_supervision
 from vrp.toys.build import build_toy
 from vrp.toys.config import TrainConfig
 from vrp.toys.forcing import band_distance, build_eval_set, encode_batch, evaluate, per_example_loss, vision_grad_norm
@@ -378,4 +380,5 @@ def train(
     adapter.model.load_state_dict(best.state_dict)
     log["chosen"] = best.summary()
     save_model(adapter, out, log)
+    write_supervision(out, supervision_record(cfg.supervised_by_task(), cfg.attn_sup_weight))
     return log
