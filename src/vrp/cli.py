@@ -545,12 +545,25 @@ def world_generate(
     ),
     seed: int = _opt(RunConfig, "seed", help="seed: same seed -> identical images and questions."),
     strategy: str = typer.Option(STRATEGY, help="POPE negative strategy: random, popular, adversarial or mixed."),
-    image_size: int = _opt(WorldConfig, "image_size"),
+    world: str = typer.Option(
+        "default",
+        help="the world: default (48 px, 1-5 objects), fine (64 px, 1-8 objects: 8 x 8 tokens at 8 px a token) "
+        "or fine-aspect (fine at five aspect ratios, 64-128 px a side).",
+    ),
+    image_size: int | None = typer.Option(
+        None, help=f"{field_help(WorldConfig)['image_size']} [default: the world's; 48 for default]"
+    ),
 ) -> None:
     """Generate a ShapesWorld dataset in the generic JSONL format."""
     from vrp.world.dataset import write_dataset
+    from vrp.world.scene import world_preset
 
-    wcfg = _config(WorldConfig, image_size=image_size)
+    try:
+        wcfg = world_preset(world)
+    except ValueError as e:
+        _fail(str(e))
+    if image_size is not None:
+        wcfg = _config(WorldConfig, **{**wcfg.__dict__, "image_size": image_size})
     try:
         path = write_dataset(out, n, seed, wcfg, strategy)
     except ValueError as e:
@@ -571,6 +584,11 @@ def world_train(
     seed: int = _opt(TrainConfig, "seed"),
     threads: int = _opt(TrainConfig, "threads"),
     evaluate: bool = typer.Option(True, help="Measure greedy accuracy on held-out images and write eval.json."),
+    world: str = typer.Option(
+        "default",
+        help="default (the shipped toys' 48 px world, 4 x 4 tokens) or fine (64 px at 8 px a token: 8 x 8 "
+        "tokens, 1-8 objects; Qwen2-VL at five aspect ratios). The fine grain is not tuned yet (docs/toys.md).",
+    ),
     device: str = _opt(
         RunConfig, "device", help="torch device (the recipe is tuned on CPU; a GPU gives other numbers)."
     ),
@@ -582,7 +600,10 @@ def world_train(
 
     if arch not in ARCHS:
         _fail(f"unknown architecture {arch!r}; supported: {', '.join(ARCHS)}")
-    cfg, wcfg = recipe_for(arch, seed=seed, steps=steps, threads=threads)
+    try:
+        cfg, wcfg = recipe_for(arch, seed=seed, steps=steps, threads=threads, world=world)
+    except ValueError as e:
+        _fail(str(e))
     with _progress() as prog:
         task = prog.add_task(f"training {arch}", total=cfg.steps, rate="", failures=0)
 
@@ -599,7 +620,7 @@ def world_train(
     if evaluate:
         from vrp.toys.evaluate import TARGET_BAND, outside_band, write_eval
 
-        result = write_eval(out)
+        result = write_eval(out, world=wcfg)
         _print_accuracy(
             result["accuracy"],
             f"{arch}: greedy accuracy on {result['n_images']} held-out images (seed {result['seed']})",

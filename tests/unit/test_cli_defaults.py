@@ -25,7 +25,8 @@ COMMANDS = {
     ("probe",): (ProbeConfig, {}),
     ("analyze",): (AnalyzeConfig, {}),
     ("report",): (ReportConfig, {"cases": "n_cases"}),
-    ("world", "generate"): (WorldConfig, {}),
+    # --image-size overrides the --world preset's only when given (tested below)
+    ("world", "generate"): (WorldConfig, {"image_size": "(the world's)"}),
     # --steps defaults to each family's recipe (vrp.toys.recipes), not to TrainConfig.steps
     ("world", "train"): (TrainConfig, {"steps": "(the recipe's)"}),
     ("monitor", "export"): (ExportConfig, {}),
@@ -57,7 +58,15 @@ def test_options_take_the_config_defaults(path):
             continue
         assert p.default == _shown(field_default(cls, field)), f"{' '.join(path)} --{p.name}"
         checked += 1
-    assert checked >= 1
+    assert checked >= 1 or path == ("world", "generate")
+
+
+def test_world_generate_takes_the_presets_defaults():
+    from vrp.world.scene import PRESETS
+
+    params = {p.name: p for p in _command(("world", "generate")).params}
+    assert params["world"].default == "default" and PRESETS["default"] == WorldConfig()
+    assert params["image_size"].default is None and field_help(WorldConfig)["image_size"] in params["image_size"].help
 
 
 def test_run_exposes_every_run_option_with_its_documented_help():

@@ -1,5 +1,5 @@
 """ShapesWorld generator: determinism, ground truth re-derived from the scenes, rendering,
-and POPE negative sampling.
+and POPE negative sampling, on every named world (default, fine, fine-aspect).
 
 Every expected value here is computed by the test's own code from scenes.jsonl (and the
 rendered PNGs); the module's answer helpers (exists, count_objects, relation,
@@ -21,7 +21,7 @@ from PIL import Image
 
 from vrp.world import questions as Q
 from vrp.world.dataset import generate, strategy_for, write_dataset
-from vrp.world.scene import COLOURS, SHAPES, SIZES, Scene, WorldConfig, WorldStats, categories
+from vrp.world.scene import COLOURS, PRESETS, SHAPES, SIZES, Scene, WorldConfig, WorldStats, categories
 
 N_POPE = 300  # images for the statistical POPE checks
 SEED = 11
@@ -41,6 +41,11 @@ def load_scenes(root: Path) -> dict[str, Scene]:
         image = rec.pop("image")
         out[image] = Scene.from_dict(rec)
     return out
+
+
+def world_of(root: Path) -> WorldConfig:
+    """The world a dataset was generated from (its world.json)."""
+    return WorldConfig.from_dict(json.loads((root / "world.json").read_text())["world"])
 
 
 def cat_of(o) -> str:
@@ -116,10 +121,10 @@ def adversarial_score(cand: str, present: set[str], pairs: Counter) -> int:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def mixed(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mixed")
-    write_dataset(root, N_POPE, SEED)
+@pytest.fixture(scope="module", params=list(PRESETS))
+def mixed(tmp_path_factory, request) -> Path:
+    root = tmp_path_factory.mktemp(f"mixed-{request.param}")
+    write_dataset(root, N_POPE, SEED, PRESETS[request.param])
     return root
 
 
@@ -201,27 +206,34 @@ def test_scene_dict_round_trip(mixed):
 
 
 def test_scenes_are_valid(mixed):
-    cfg = WorldConfig()
+    cfg = world_of(mixed)
     scenes = load_scenes(mixed)
     assert len(scenes) == N_POPE
     assert sorted(scenes) == [f"images/{i:06d}.png" for i in range(N_POPE)]
-    n_objects = Counter()
+    n_objects, dims, sizes = Counter(), Counter(), Counter()
     for sc in scenes.values():
-        assert sc.size == cfg.image_size
+        if cfg.sizes:
+            assert sc.dims in cfg.sizes and sc.height is not None
+        else:
+            assert sc.dims == (cfg.image_size, cfg.image_size) and sc.height is None
+        dims[sc.dims] += 1
         assert cfg.min_objects <= len(sc.objects) <= cfg.max_objects
         n_objects[len(sc.objects)] += 1
         for o in sc.objects:
             assert o.shape in SHAPES and o.colour in COLOURS and o.size in SIZES
+            sizes[o.size] += 1
             x0, y0, x1, y1 = o.box
-            assert 0 <= x0 < x1 <= sc.size and 0 <= y0 < y1 <= sc.size, o.box
+            assert 0 <= x0 < x1 <= sc.dims[0] and 0 <= y0 < y1 <= sc.dims[1], o.box
             assert x1 - x0 == y1 - y0  # square boxes
             lo, hi = cfg.small_px if o.size == "small" else cfg.large_px
             assert lo <= x1 - x0 <= hi
             assert 0.0 <= o.hue < 360.0
         for a, b in itertools.combinations(sc.objects, 2):
             assert not boxes_intersect(a.box, b.box), (a.box, b.box)
-    # Every object count in the configured range actually occurs.
+    # Every object count in the configured range actually occurs, and both object sizes.
     assert set(n_objects) == set(range(cfg.min_objects, cfg.max_objects + 1))
+    assert set(sizes) == set(SIZES)
+    assert set(dims) == (set(cfg.sizes) if cfg.sizes else {(cfg.image_size, cfg.image_size)})
 
 
 def test_rendered_images_match_scenes(mixed):
@@ -229,7 +241,7 @@ def test_rendered_images_match_scenes(mixed):
     for name, sc in list(load_scenes(mixed).items())[:120]:
         with Image.open(mixed / name) as im:
             px = np.asarray(im.convert("RGB"))
-        assert px.shape == (sc.size, sc.size, 3)
+        assert px.shape == (sc.dims[1], sc.dims[0], 3)
         inside = np.zeros(px.shape[:2], dtype=bool)
         for o in sc.objects:
             x0, y0, x1, y1 = o.box
@@ -275,8 +287,9 @@ def _qualifying_pairs(scene: Scene) -> list:
         return len(matching(scene, [o.colour, o.shape])) == 1 or len(matching(scene, [o.size, o.colour, o.shape])) == 1
 
     def straddle(a, b, rel):
-        (ax, ay), (bx, by), half = centre(a.box), centre(b.box), scene.size / 2
-        return ((ax - half) * (bx - half) if rel in ("left", "right") else (ay - half) * (by - half)) < 0
+        (ax, ay), (bx, by) = centre(a.box), centre(b.box)
+        hx, hy = scene.dims[0] / 2, scene.dims[1] / 2
+        return ((ax - hx) * (bx - hx) if rel in ("left", "right") else (ay - hy) * (by - hy)) < 0
 
     return [
         (a, b)
@@ -338,7 +351,7 @@ def test_every_item_answer_rederived_from_scene(mixed):
             assert dom >= Q.SPATIAL_MIN_PX
             assert dom >= Q.SPATIAL_DOMINANCE * other
             # the two centres straddle the image's centre line on the relation's axis
-            half = sc.size / 2
+            half = (sc.dims[0] if word in ("left", "right") else sc.dims[1]) / 2
             ca, cb = (ax, bx) if word in ("left", "right") else (ay, by)
             assert (ca - half) * (cb - half) < 0
         elif r["task"] == "attribute":

@@ -31,11 +31,11 @@ def position_question(scene: Scene, rng: np.random.Generator) -> Question | None
     Returns:
         A question about one object far enough from the centre, or None when there is none.
     """
-    c = scene.size / 2
+    cx, cy = (d / 2 for d in scene.dims)
     cands = []
     for o in scene.objects:
         name = referring_name(scene, o, True)
-        dx, dy = o.cx - c, o.cy - c
+        dx, dy = o.cx - cx, o.cy - cy
         if name is None or max(abs(dx), abs(dy)) < 6:
             continue
         ans = ("left" if dx < 0 else "right") if abs(dx) >= abs(dy) else ("top" if dy < 0 else "bottom")

@@ -108,7 +108,8 @@ class Auxiliaries:
     """The training-only losses added to next-token prediction.
 
     Attributes:
-        grid: image tokens per side (``image_size // patch``).
+        grid: image tokens per side (``image_size // patch``; with several image sizes, the
+            most tokens along any side).
         probe: per-patch heads on the image tokens (None when ``patch_weight`` is 0).
         supervisor: attention supervision (None when ``attn_sup_weight`` is 0).
     """
@@ -188,7 +189,12 @@ def auxiliaries(adapter: ModelAdapter, cfg: TrainConfig, wcfg: WorldConfig, opt)
     forward hook, removed on the way out, raising or not. Attention supervision needs the
     ``vrp_capture`` attention function, registered here.
     """
-    aux = Auxiliaries(grid=wcfg.image_size // cfg.patch)
+    sides = [wcfg.image_size] if not wcfg.sizes else [d for wh in wcfg.sizes for d in wh]
+    if any(d % cfg.patch for d in sides):
+        raise ValueError(
+            f"every image side of the world ({sorted(set(sides))}) must be a multiple of patch {cfg.patch}"
+        )
+    aux = Auxiliaries(grid=max(sides) // cfg.patch)
     try:
         if cfg.patch_weight > 0:
             hidden = adapter.model.config.text_config.hidden_size
@@ -253,7 +259,10 @@ def train_step(
     with recording(sup) if sup is not None else nullcontext():
         loss = per_example_loss(model(**enc).logits, labels)
     need_counts = probe is not None or sup is not None
-    counts = [object_patch_counts(sc, aux.grid) for sc, _ in batch] if need_counts else None
+    # (rows, cols) of each image's token grid: the square grid, or its own for a world of several sizes
+    grids = [(sc.dims[1] // cfg.patch, sc.dims[0] // cfg.patch) for sc, _ in batch] if wcfg.sizes else None
+    tilings = grids or [aux.grid] * len(batch)
+    counts = [object_patch_counts(sc, g) for (sc, _), g in zip(batch, tilings, strict=True)] if need_counts else None
     attn_sup = None
     if sup is not None:
         la = sup.loss(batch, counts, labels_host, adapter.image_grids(enc_host, [im.size for im in images]))
@@ -262,10 +271,10 @@ def train_step(
             loss = loss + cfg.attn_sup_weight * la
             attn_sup = float(la.detach())
     if probe is not None:
-        pl = [patch_labels(sc, aux.grid, c) for (sc, _), c in zip(batch, counts, strict=True)]
+        pl = [patch_labels(sc, g, c) for (sc, _), g, c in zip(batch, tilings, counts, strict=True)]
         colour_t = torch.as_tensor(np.concatenate([p[0] for p in pl]), device=dev)
         shape_t = torch.as_tensor(np.concatenate([p[1] for p in pl]), device=dev)
-        loss = loss + cfg.patch_weight * probe.loss(colour_t, shape_t)
+        loss = loss + cfg.patch_weight * probe.loss(colour_t, shape_t, grids)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     vision_grad = vision_grad_norm(model, adapter)

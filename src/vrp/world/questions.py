@@ -64,11 +64,15 @@ def relation(a: Obj, b: Obj) -> str | None:
     return None
 
 
-def opposite_sides(a: Obj, b: Obj, rel: str, size: int) -> bool:
-    """Whether a and b lie on opposite sides of the image's centre line along ``rel``'s axis."""
-    c = size / 2
+def opposite_sides(a: Obj, b: Obj, rel: str, size: int | tuple[int, int]) -> bool:
+    """Whether a and b lie on opposite sides of the image's centre line along ``rel``'s axis.
+
+    ``size``: the square image's side, or ``(width, height)``."""
+    width, height = (size, size) if isinstance(size, int) else size
     if rel in ("left", "right"):
+        c = width / 2
         return (a.cx - c) * (b.cx - c) < 0
+    c = height / 2
     return (a.cy - c) * (b.cy - c) < 0
 
 
@@ -94,10 +98,10 @@ def object_region(label: str, o: Obj) -> dict:
 def describe(scene: Scene, quadrants: bool = False) -> str:
     """Caption listing every object left to right, e.g. "small red circle large blue square";
     with ``quadrants``, each followed by its image quadrant ("small red circle top left ...")."""
-    c = scene.size / 2
+    cx, cy = (d / 2 for d in scene.dims)
 
     def words(o: Obj) -> str:
-        where = f" {'top' if o.cy < c else 'bottom'} {'left' if o.cx < c else 'right'}" if quadrants else ""
+        where = f" {'top' if o.cy < cy else 'bottom'} {'left' if o.cx < cx else 'right'}" if quadrants else ""
         return f"{o.size} {o.colour} {o.shape}{where}"
 
     return " ".join(words(o) for o in sorted(scene.objects, key=lambda o: (o.cx, o.cy)))
@@ -187,7 +191,7 @@ def spatial_question(scene: Scene, rng: np.random.Generator) -> Question | None:
             if a is b:
                 continue
             rel = relation(a, b)
-            if rel is None or not opposite_sides(a, b, rel, scene.size):
+            if rel is None or not opposite_sides(a, b, rel, scene.dims):
                 continue
             na, nb = referring_name(scene, a, True), referring_name(scene, b, True)
             if na is not None and nb is not None:

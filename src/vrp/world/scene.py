@@ -4,13 +4,19 @@ A scene is a list of non-overlapping objects on a plain background. Each object 
 shape, a colour (a category is shape x colour) and a size class, plus its exact box.
 Everything is derived from a seeded ``numpy.random.Generator``: the same seed gives the
 same scenes and the same image bytes.
+
+Named presets (:data:`PRESETS`, ``vrp world generate --world NAME``): ``default`` (48 px square
+images, 1-5 objects: what the shipped toys see as a 4 x 4 token grid at 12 px per token),
+``fine`` (64 px, 1-8 objects: an 8 x 8 grid at 8 px per token) and ``fine-aspect`` (``fine`` at
+several aspect ratios, 64 to 128 px a side, for a model of dynamic resolution such as
+Qwen2-VL: 8 x 8 up to 8 x 16 tokens).
 """
 
 from __future__ import annotations
 
 import colorsys
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -50,6 +56,11 @@ class WorldConfig(Config):
         background: RGB background colour.
         world_seed: seed of the world's fixed statistics (category frequencies and
             co-occurrence groups); independent of the seed of a generated dataset.
+        sizes: (width, height) pixel sizes each scene draws one of, uniformly (non-square
+            images); empty: every image is ``image_size`` x ``image_size`` (and no draw is made,
+            so the default world's scenes are what they always were).
+        place_attempts: random placements tried per object before it is left out (objects
+            never overlap; a crowded scene can end with fewer than the number drawn).
     """
 
     image_size: int = 48
@@ -62,15 +73,33 @@ class WorldConfig(Config):
     n_groups: int = 6
     background: tuple[int, int, int] = (128, 128, 128)
     world_seed: int = 0
+    sizes: tuple[tuple[int, int], ...] = ()
+    place_attempts: int = 50
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WorldConfig:
+        """As :meth:`Config.from_dict`, with ``sizes``' JSON lists read back as ``(width, height)`` tuples."""
+        if isinstance(d.get("sizes"), list):
+            d = {**d, "sizes": tuple(tuple(s) if isinstance(s, list) else s for s in d["sizes"])}
+        return super().from_dict(d)
+
+    @property
+    def min_side(self) -> int:
+        """The shortest image side of the world, in pixels."""
+        return min([self.image_size] if not self.sizes else [min(s) for s in self.sizes])
 
     def check(self) -> None:
         n_cat = len(COLOURS) * len(SHAPES)
         self.require(
             (self.image_size >= 24, f"WorldConfig: image_size must be >= 24, got {self.image_size}"),
+            (all(len(s) == 2 and min(s) >= 24 for s in self.sizes),
+             f"WorldConfig: sizes must be (width, height) pairs with both sides >= 24, got {self.sizes}"),
+            (self.place_attempts >= 1, f"WorldConfig: place_attempts must be >= 1, got {self.place_attempts}"),
             (1 <= self.min_objects <= self.max_objects,
              f"WorldConfig: need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"),
-            *((4 <= getattr(self, n)[0] <= getattr(self, n)[1] <= self.image_size // 2,
-               f"WorldConfig: {n} must be (lo, hi) with 4 <= lo <= hi <= image_size/2, got {getattr(self, n)}")
+            *((4 <= getattr(self, n)[0] <= getattr(self, n)[1] <= self.min_side // 2,
+               f"WorldConfig: {n} must be (lo, hi) with 4 <= lo <= hi <= (shortest image side)/2, "
+               f"got {getattr(self, n)}")
               for n in ("small_px", "large_px")),
             (self.hue_jitter >= 0, f"WorldConfig: hue_jitter must be >= 0, got {self.hue_jitter}"),
             (0.0 <= self.theme_prob <= 1.0, f"WorldConfig: theme_prob must be in [0, 1], got {self.theme_prob}"),
@@ -132,16 +161,26 @@ class Obj:
 
 @dataclass
 class Scene:
+    """The objects of one image. ``size`` is the image's width in pixels (its side when
+    square); ``height`` is None for a square image."""
+
     objects: list[Obj] = field(default_factory=list)
     size: int = 48
+    height: int | None = None
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        """``(width, height)`` in pixels."""
+        return self.size, self.size if self.height is None else self.height
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "objects": [asdict(o) for o in self.objects]}
+        extra = {} if self.height is None else {"height": self.height}  # square scenes: as before
+        return {"size": self.size, **extra, "objects": [asdict(o) for o in self.objects]}
 
     @classmethod
     def from_dict(cls, d: dict) -> Scene:
         objs = [Obj(**{**o, "box": tuple(o["box"])}) for o in d["objects"]]
-        return cls(objects=objs, size=d["size"])
+        return cls(objects=objs, size=d["size"], height=d.get("height"))
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: int = 1) -> bool:
@@ -149,8 +188,12 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap: i
 
 
 def sample_scene(rng: np.random.Generator, cfg: WorldConfig, stats: WorldStats) -> Scene:
-    """Sample one scene: a theme, 1..N categories, non-overlapping placements."""
+    """Sample one scene: its size (when the world has several), a theme, 1..N categories,
+    non-overlapping placements."""
     cats = categories()
+    width = height = cfg.image_size
+    if cfg.sizes:
+        width, height = cfg.sizes[int(rng.integers(len(cfg.sizes)))]
     n_target = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     theme = stats.groups[int(rng.integers(len(stats.groups)))]
     theme_w = stats.weights[list(theme)] / stats.weights[list(theme)].sum()
@@ -163,16 +206,16 @@ def sample_scene(rng: np.random.Generator, cfg: WorldConfig, stats: WorldStats) 
         colour, shape = cats[ci]
         size = SIZES[int(rng.integers(len(SIZES)))]
         lo, hi = cfg.small_px if size == "small" else cfg.large_px
-        for _attempt in range(50):
+        for _attempt in range(cfg.place_attempts):
             side = int(rng.integers(lo, hi + 1))
-            x0 = int(rng.integers(0, cfg.image_size - side + 1))
-            y0 = int(rng.integers(0, cfg.image_size - side + 1))
+            x0 = int(rng.integers(0, width - side + 1))
+            y0 = int(rng.integers(0, height - side + 1))
             box = (x0, y0, x0 + side, y0 + side)
             if all(not _overlaps(box, o.box) for o in objs):
                 hue = (COLOUR_HUES[colour] + rng.normal(0.0, cfg.hue_jitter)) % 360.0
                 objs.append(Obj(shape=shape, colour=colour, size=size, box=box, hue=float(hue)))
                 break
-    return Scene(objects=objs, size=cfg.image_size)
+    return Scene(objects=objs, size=width, height=None if not cfg.sizes else height)
 
 
 def _rgb(hue: float) -> tuple[int, int, int]:
@@ -182,7 +225,7 @@ def _rgb(hue: float) -> tuple[int, int, int]:
 
 def render(scene: Scene, cfg: WorldConfig) -> Image.Image:
     """Render a scene to an RGB image (deterministic: no randomness here)."""
-    img = Image.new("RGB", (scene.size, scene.size), cfg.background)
+    img = Image.new("RGB", scene.dims, cfg.background)
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
         draw_shape(draw, o, _rgb(o.hue))
@@ -207,3 +250,20 @@ def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+_FINE = WorldConfig(image_size=64, max_objects=8, small_px=(7, 11), large_px=(14, 20), place_attempts=200)
+# name -> the world; "default" is WorldConfig() (what the shipped toys were trained on)
+PRESETS: dict[str, WorldConfig] = {
+    "default": WorldConfig(),
+    "fine": _FINE,
+    "fine-aspect": replace(_FINE, sizes=((64, 64), (96, 64), (64, 96), (128, 64), (64, 128))),
+}
+
+
+def world_preset(name: str) -> WorldConfig:
+    """The named world of :data:`PRESETS`; a clear error for an unknown name."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown world {name!r}; expected one of {', '.join(PRESETS)}") from None
