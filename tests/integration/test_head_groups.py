@@ -64,6 +64,7 @@ def test_a_run_without_the_record_gets_no_head_groups(toy_run, tmp_path):
     assert write_head_groups(old) is None and not (old / SOURCE).exists()
     manifest["model"]["supervised_heads"] = []  # a model without supervision: all heads unsupervised
     (old / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(old / "analysis")  # write_head_groups alone, before any vrp analyze
     write_head_groups(old)
     got = pd.read_parquet(old / SOURCE).set_index("id")
     ids, arr = storage.load_stacked(old, "curve.head_attn_entropy")

@@ -108,6 +108,7 @@ def write_head_groups(run_dir: Path) -> dict | None:
         return None
     values = group_means({f: feats[f] for f in HEAD_FEATURES}, supervised)
     names = [d.name for d in DERIVED if d.source == SOURCE]
+    (run_dir / SOURCE).parent.mkdir(exist_ok=True)
     write_table(run_dir / SOURCE, pa.Table.from_pandas(pd.DataFrame({"id": ids, **{n: values[n] for n in names}}),
                                                        preserve_index=False))  # fmt: skip
     return {"supervised_heads": [list(p) for p in supervised], "columns": names}
