@@ -830,7 +830,7 @@ def serve(
         console.print(f"vrp serve: ready on {url} (POST {url}/v1/chat/completions; SIGTERM to stop)", soft_wrap=True)
 
     try:
-        run_server(mon, cfg, on_ready=ready, log_level=log_level)
+        run_server(mon, cfg, on_ready=ready, log_level=log_level, restore_signals=False)
     except OSError as e:
         _fail(f"cannot listen on {host}:{port}: {e}")
     console.print("vrp serve: stopped (requests in flight answered)")

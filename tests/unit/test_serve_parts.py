@@ -318,3 +318,28 @@ def test_serve_config_checks_its_values():
             ServeConfig(**bad)
     with pytest.raises(ConfigError, match="unknown"):
         ServeConfig.from_dict({"workers": 2})
+
+
+def test_serve_keeps_ignoring_a_repeated_sigterm_after_shutdown_unless_asked_to_restore(monkeypatch):
+    """A supervisor may repeat SIGTERM while the process ends: `vrp serve` (restore_signals=False)
+    keeps the no-op handler, so the repeat cannot end it with status -15; a library caller gets its
+    own handlers back."""
+    import signal
+    import types
+
+    from vrp.serve import server
+
+    app = types.SimpleNamespace(state=types.SimpleNamespace(batcher=types.SimpleNamespace(drain=lambda: None)))
+    monkeypatch.setattr(server, "create_app", lambda monitor, cfg: app)
+    monkeypatch.setattr(server._Server, "run", lambda self, sockets=None: None)  # shut down at once
+    mine, mine_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        server.serve(None, ServeConfig(port=0), restore_signals=False)
+        assert signal.getsignal(signal.SIGTERM) is server._ignore
+        assert signal.getsignal(signal.SIGINT) is server._ignore
+        signal.signal(signal.SIGTERM, mine)
+        server.serve(None, ServeConfig(port=0))
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, mine)
+        signal.signal(signal.SIGINT, mine_int)

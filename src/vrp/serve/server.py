@@ -38,6 +38,7 @@ def serve(
     cfg: ServeConfig | None = None,
     on_ready: Callable[[str], None] | None = None,
     log_level: str = "info",
+    restore_signals: bool = True,
 ) -> None:
     """Serve an attached monitor until SIGTERM or SIGINT, then shut down gracefully.
 
@@ -46,6 +47,9 @@ def serve(
         cfg: the options (default ``ServeConfig()``: 127.0.0.1:8000).
         on_ready: called with the server's URL once it accepts requests (port 0 resolved).
         log_level: uvicorn's log level (access log at ``info``).
+        restore_signals: put back the SIGTERM / SIGINT handlers found on entry once the server
+            has stopped. ``vrp serve`` passes False: the process is ending, and a second SIGTERM
+            arriving then (a supervisor repeating its signal) must not kill it with status -15.
 
     Raises:
         OSError: the address cannot be bound (in use, not an address of this machine).
@@ -65,8 +69,9 @@ def serve(
     try:
         server.run(sockets=[sock])
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if restore_signals:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         sock.close()
 
 
