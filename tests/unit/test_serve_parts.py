@@ -335,8 +335,7 @@ def test_serve_keeps_ignoring_a_repeated_sigterm_after_shutdown_unless_asked_to_
     mine, mine_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
         server.serve(None, ServeConfig(port=0), restore_signals=False)
-        assert signal.getsignal(signal.SIGTERM) is server._ignore
-        assert signal.getsignal(signal.SIGINT) is server._ignore
+        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == signal.SIG_IGN
         signal.signal(signal.SIGTERM, mine)
         server.serve(None, ServeConfig(port=0))
         assert signal.getsignal(signal.SIGTERM) is mine

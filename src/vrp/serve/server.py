@@ -48,8 +48,9 @@ def serve(
         on_ready: called with the server's URL once it accepts requests (port 0 resolved).
         log_level: uvicorn's log level (access log at ``info``).
         restore_signals: put back the SIGTERM / SIGINT handlers found on entry once the server
-            has stopped. ``vrp serve`` passes False: the process is ending, and a second SIGTERM
-            arriving then (a supervisor repeating its signal) must not kill it with status -15.
+            has stopped. ``vrp serve`` passes False: the process is ending, so they are ignored
+            from then on, and a second SIGTERM (a supervisor repeating its signal) cannot end it
+            with status -15 while it exits.
 
     Raises:
         OSError: the address cannot be bound (in use, not an address of this machine).
@@ -69,9 +70,10 @@ def serve(
     try:
         server.run(sockets=[sock])
     finally:
-        if restore_signals:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        for sig, handler in previous.items():
+            # SIG_IGN, not a Python no-op: the interpreter resets Python handlers to the default
+            # (terminate) while it finalizes, and a repeated SIGTERM then ends the process with -15
+            signal.signal(sig, handler if restore_signals else signal.SIG_IGN)
         sock.close()
 
 
