@@ -342,3 +342,28 @@ def test_serve_keeps_ignoring_a_repeated_sigterm_after_shutdown_unless_asked_to_
     finally:
         signal.signal(signal.SIGTERM, mine)
         signal.signal(signal.SIGINT, mine_int)
+
+
+def test_the_listening_socket_gives_connections_tcp_nodelay():
+    """asyncio sets TCP_NODELAY only on accepted sockets whose proto is TCP; socket.create_server's
+    proto 0 left Nagle's algorithm on, and every response waited ~40 ms for the client's delayed ACK."""
+    import socket
+
+    from vrp.serve.server import bind
+
+    async def main() -> int:
+        sock = bind("127.0.0.1", 0)
+        seen: list[int] = []
+
+        async def handle(reader, writer):
+            seen.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=sock)
+        async with server:
+            reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            await reader.read()
+            writer.close()
+        return seen[0]
+
+    assert asyncio.run(main()) != 0
