@@ -373,11 +373,19 @@ def analyze(
         "units_layers",
         help="residual layers listed besides the sparse probe's chosen one in analysis/units.parquet, e.g. '8,-1'.",
     ),
+    detach_focus_quantile: float = _opt(AnalyzeConfig, "detach_focus_quantile"),
+    detach_entropy_quantile: float = _opt(AnalyzeConfig, "detach_entropy_quantile"),
+    detach_miss_quantile: float = _opt(AnalyzeConfig, "detach_miss_quantile"),
+    detach_miss_rule: str = _opt(AnalyzeConfig, "detach_miss_rule"),
+    detach_block: int | None = _opt(AnalyzeConfig, "detach_block"),
 ) -> None:
     """Which signals predict correctness: AUROC with 95% CIs, p-values (Bonferroni, BH), AURC, ECE."""
     _check_run_dir(run)
     _analyze(run, _config(AnalyzeConfig, n_boot=n_boot, n_perm=n_perm, seed=seed, units_top=units_top,
-                          units_layers=_ints(units_layers, "--units-layers")))  # fmt: skip
+                          units_layers=_ints(units_layers, "--units-layers"),
+                          detach_focus_quantile=detach_focus_quantile, detach_entropy_quantile=detach_entropy_quantile,
+                          detach_miss_quantile=detach_miss_quantile, detach_miss_rule=detach_miss_rule,
+                          detach_block=detach_block))  # fmt: skip
 
 
 def _analyze(run: Path, cfg: AnalyzeConfig) -> None:

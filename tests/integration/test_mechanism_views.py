@@ -131,3 +131,23 @@ def test_cards_outline_gold_regions_and_name_the_overlay_block(tmp_path):
     cases = _section((run / "report" / "index.html").read_text(), "cases")
     assert "gold regions not drawn" not in cases and "outlined in cyan" in cases
     assert "The overlays below show decoder block 0" in cases and "the selection read block 1" in cases
+
+
+def test_vrp_analyze_takes_the_detachment_thresholds_and_keeps_them(tmp_path):
+    """`vrp analyze --detach-*` writes detachment.json with those thresholds (a rerun of analyze with
+    other options would otherwise have reset them to the defaults); the selection follows them."""
+    from typer.testing import CliRunner
+
+    from vrp.analysis.detachment import DetachmentConfig, detachment
+    from vrp.cli import app
+
+    run = planted_run(tmp_path)
+    args = ["analyze", "--run", str(run), "--n-boot", "50", "--n-perm", "20"]
+    res = CliRunner().invoke(app, [*args, "--detach-focus-quantile", "0.75", "--detach-miss-rule", "argmax"])
+    assert res.exit_code == 0, res.output
+    view = json.loads((run / "analysis" / "detachment.json").read_text())
+    assert view["config"]["focus_quantile"] == 0.75 and view["config"]["miss_rule"] == "argmax"
+    expected = detachment(run, DetachmentConfig(focus_quantile=0.75, miss_rule="argmax"))
+    assert view["ids"] == expected["ids"] and view["ids"] != detachment(run)["ids"]
+    res = CliRunner().invoke(app, [*args, "--detach-miss-rule", "nearby"])
+    assert res.exit_code == 2 and "miss_rule" in res.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vrp.analysis.detachment import DetachmentConfig
 from vrp.config import Config
 
 CS = (0.001, 0.01, 0.1, 1.0)
@@ -53,6 +54,11 @@ class AnalyzeConfig(Config):
         ece_bins: bins of the expected calibration error.
         units_top: sparse-circuit view: the top units by |coefficient| listed per layer (analysis/units.parquet).
         units_layers: sparse-circuit view: residual layers listed besides the sparse probe's chosen one.
+        detach_focus_quantile: symbolic detachment: a focused item's region ratio is at least this quantile of the run's.
+        detach_entropy_quantile: symbolic detachment: a focused item's spatial entropy is at most this quantile.
+        detach_miss_quantile: symbolic detachment: a missed item's region ratio is at most this quantile.
+        detach_miss_rule: symbolic detachment: what makes an item missed: argmax, ratio, either or both.
+        detach_block: symbolic detachment: the decoder block read (None: the last block).
     """
 
     n_boot: int = 10_000
@@ -62,6 +68,17 @@ class AnalyzeConfig(Config):
     ece_bins: int = 15
     units_top: int = 10
     units_layers: tuple[int, ...] | None = None
+    detach_focus_quantile: float = DetachmentConfig.focus_quantile
+    detach_entropy_quantile: float = DetachmentConfig.entropy_quantile
+    detach_miss_quantile: float = DetachmentConfig.miss_quantile
+    detach_miss_rule: str = DetachmentConfig.miss_rule
+    detach_block: int | None = DetachmentConfig.block
+
+    def detachment(self) -> DetachmentConfig:
+        """The symbolic-detachment thresholds (vrp.analysis.detachment) these options set."""
+        return DetachmentConfig(focus_quantile=self.detach_focus_quantile, entropy_quantile=self.detach_entropy_quantile,
+                                miss_quantile=self.detach_miss_quantile, miss_rule=self.detach_miss_rule,
+                                block=self.detach_block)  # fmt: skip
 
     def check(self) -> None:
         self.require(
@@ -73,3 +90,4 @@ class AnalyzeConfig(Config):
             (self.ece_bins >= 1, f"ece_bins must be >= 1, got {self.ece_bins}"),
             (self.units_top >= 1, f"units_top must be >= 1, got {self.units_top}"),
         )
+        self.detachment()  # its own checks, e.g. quantiles in [0, 1] and a known miss rule

@@ -198,6 +198,7 @@ def analyze(run_dir: Path, cfg: AnalyzeConfig | None = None) -> dict:
     summary["consistency"] = analyze_consistency(run_dir, cfg)
     from vrp.analysis import detachment, units  # analysis/units.* (sparse probe), detachment.json (gold regions)
 
-    summary["units"], summary["detachment"] = units.write_units(run_dir, cfg), detachment.write_detachment(run_dir)
+    summary["units"] = units.write_units(run_dir, cfg)
+    summary["detachment"] = detachment.write_detachment(run_dir, cfg.detachment(), cfg.level)
     atomic_write_json(out / "summary.json", summary)
     return summary
