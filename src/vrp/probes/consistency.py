@@ -24,7 +24,6 @@ error. Saved and loaded with :mod:`vrp.probes.io` (safetensors + JSON).
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +32,7 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from vrp.probes.linear import _check_X, _decision, _solve, _standardize, _strengths, _warn_unconverged
+from vrp.probes.linear import _check_X, _decision, _solve, _standardize, _strengths, _warn_unconverged, layer_index
 
 _NAMES = ("coef_", "intercept_", "mean_", "scale_", "n_iter_", "converged_")
 
@@ -82,13 +81,7 @@ class ConsistencyHead(RegressorMixin, BaseEstimator):
         return tags
 
     def _layer_index(self, n_layers: int) -> int:
-        try:
-            k = operator.index(self.layer)
-        except TypeError:
-            k = None
-        if k is None or not -n_layers <= k < n_layers:
-            raise ValueError(f"layer={self.layer!r} is not one of the head's {n_layers} layers")
-        return k % n_layers
+        return layer_index(self.layer, n_layers, "head")
 
     def fit(self, X, s) -> ConsistencyHead:
         """Fit every layer's head.

@@ -149,6 +149,18 @@ def _warn_unconverged(converged: torch.Tensor, max_iter: int) -> None:
         )
 
 
+def layer_index(layer, n_layers: int, what: str) -> int:
+    """An estimator's ``layer`` resolved to 0..n_layers-1 (negative counts from the end); a
+    ValueError naming ``what`` (probe, head) when it is not one of the layers."""
+    try:
+        k = operator.index(layer)
+    except TypeError:
+        k = None
+    if k is None or not -n_layers <= k < n_layers:
+        raise ValueError(f"layer={layer!r} is not one of the {what}'s {n_layers} layers")
+    return k % n_layers
+
+
 class LayerwiseLogistic(ClassifierMixin, BaseEstimator):
     """One logistic regression per layer, all fitted at once; scikit-learn's methods use one of them.
 
@@ -195,14 +207,7 @@ class LayerwiseLogistic(ClassifierMixin, BaseEstimator):
         return np.array(C)
 
     def _layer_index(self, n_layers: int) -> int:
-        """``layer`` resolved to 0..n_layers-1; a ValueError when it is not one of the layers."""
-        try:
-            k = operator.index(self.layer)
-        except TypeError:
-            k = None
-        if k is None or not -n_layers <= k < n_layers:
-            raise ValueError(f"layer={self.layer!r} is not one of the probe's {n_layers} layers")
-        return k % n_layers
+        return layer_index(self.layer, n_layers, "probe")
 
     def fit(self, X, y) -> LayerwiseLogistic:
         """Fit every layer's probe.
