@@ -35,7 +35,7 @@ def test_probes_are_saved_split_by_image_and_reload_identically(analyzed):
     summary = json.loads((analyzed / "probes" / "summary.json").read_text())
     assert set(summary["probes"]) == {
         "probe_dense", "probe_sparse", "probe_stacked", "probe_mlp", "attn_ensemble_gbt", "attn_ensemble_rf",
-        "attn_heads_probe",
+        "attn_heads_probe", "attn_heads_probe_gold",
     }  # fmt: skip
     split = json.loads((analyzed / "probes" / "split.json").read_text())
     items = pq.read_table(analyzed / "items.parquet").to_pandas().set_index("id")

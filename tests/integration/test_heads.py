@@ -15,8 +15,9 @@ from scipy.stats import entropy
 
 import vrp
 from tests.helpers import cli_run
-from vrp.analysis.heads import SOURCE, TOP_K, rank_heads, top_k_signals
+from vrp.analysis.heads import HEAD_PROBES, SOURCE, TOP_K, head_features, rank_heads, top_k_signals
 from vrp.config import TOY_MODELS
+from vrp.probes.io import load_probe
 from vrp.signals.catalog import DERIVED
 
 
@@ -94,6 +95,13 @@ def test_ranking_reads_the_train_split_only_and_top_k_is_a_mean():
     assert set(sig) == {f"attn_entropy_dla{k}" for k in TOP_K}
 
 
+def _proba(model, X: np.ndarray) -> np.ndarray:
+    """p(correct) of a saved per-head probe: a one-layer logistic probe reads [n, 1, F], trees [n, F]."""
+    from vrp.probes.trees import TreeEnsembleProbe
+
+    return model.predict_proba(X if isinstance(model, TreeEnsembleProbe) else X[:, None, :])[:, 1]
+
+
 def test_vrp_probe_ranks_heads_and_trains_the_head_probe(tmp_path):
     run = tmp_path / "run"
     cli_run(run, "--data", "shapesworld:30", "--samples", "0", "--max-new-tokens", "3", "--seed", "2")
@@ -101,16 +109,25 @@ def test_vrp_probe_ranks_heads_and_trains_the_head_probe(tmp_path):
     from vrp.analysis.probing import train_probes
 
     summary = train_probes(run)
-    entry = summary["probes"]["attn_heads_probe"]
-    assert entry["kind"] in ("logistic", "gbt") and entry["n_features"] == 4 * 4 * 5
-    assert entry["val_auroc"] == max(v for v in (entry["val_auroc_logistic"], entry["val_auroc_gbt"]) if v == v)
+    for name, n_features in (("attn_heads_probe", 4), ("attn_heads_probe_gold", 5)):
+        entry = summary["probes"][name]  # gold-free, and with each head's gold-region mass
+        assert entry["kind"] in ("logistic", "gbt") and entry["n_features"] == 4 * 4 * n_features
+        assert ("region_mass" in entry["features"]) == (name == "attn_heads_probe_gold")
+        assert entry["val_auroc"] == max(v for v in (entry["val_auroc_logistic"], entry["val_auroc_gbt"]) if v == v)
     heads = json.loads((run / "probes" / "heads.json").read_text())
     assert heads["ranked_on"] == "train" and len(heads["heads"]) == 16
     signals = pd.read_parquet(run / SOURCE)
     names = {d.name for d in DERIVED if d.source == SOURCE}
     assert set(signals.columns) == {"id", *names} and len(signals) == summary["n"]
     preds = pd.read_parquet(run / "probes" / "predictions.parquet")
-    assert preds["attn_heads_probe"].between(0, 1).all()
+    assert preds["attn_heads_probe"].between(0, 1).all() and preds["attn_heads_probe_gold"].between(0, 1).all()
+    gold_free = load_probe(run / "probes" / "attn_heads")  # the saved probe answers from 4 features per head
+    feats = head_features(run, list(preds["id"]))
+    X = np.stack([np.nan_to_num(feats[f], nan=0.0) for f in HEAD_PROBES["attn_heads_probe"][1]], axis=3)
+    np.testing.assert_allclose(_proba(gold_free, X.reshape(len(X), -1)), preds["attn_heads_probe"], atol=1e-6)
     table = pd.DataFrame(analyze(run, __import__("vrp.analysis.config", fromlist=["x"]).AnalyzeConfig(
         n_boot=200, n_perm=200))["predictors"])  # fmt: skip
-    assert names <= set(table["name"]) and "attn_heads_probe" in set(table["name"])
+    assert names <= set(table["name"]) and {"attn_heads_probe", "attn_heads_probe_gold"} <= set(table["name"])
+    from vrp.study.tables import ATTN_ENSEMBLES  # the study's best attention summary stays gold-free
+
+    assert "attn_heads_probe" in ATTN_ENSEMBLES and "attn_heads_probe_gold" not in ATTN_ENSEMBLES

@@ -33,6 +33,13 @@ from vrp.signals.catalog import DERIVED
 
 log = logging.getLogger(__name__)
 HEAD_FEATURES = ("entropy", "peakiness", "secondary", "image_mass", "region_mass")
+# the per-head probes: name -> (folder under probes/, features). The first reads no gold region (a
+# deployable, gold-free attention summary: the study's "best attention" may choose it); the second
+# adds each head's mass on the gold region where the item has one (attention at its most generous)
+HEAD_PROBES = {
+    "attn_heads_probe": ("attn_heads", HEAD_FEATURES[:4]),
+    "attn_heads_probe_gold": ("attn_heads_gold", HEAD_FEATURES),
+}
 TOP_K = (1, 4, 16)
 SOURCE = "probes/head_signals.parquet"
 
@@ -131,13 +138,19 @@ def head_probes(run_dir: Path, data: dict, split, cfg, out: Path) -> tuple[dict,
             pd.DataFrame({"id": ids, **{n: signals[n] for n in names}}), preserve_index=False))  # fmt: skip
     else:
         log.info("%s: no direct logit contributions (no gold answers or a run made before them): no ranking", run_dir)
-    try:
-        entry, p = _head_probe(feats, y, split, cfg)
-    except ValueError as e:  # e.g. every feature constant on the train split: the other probes go on
-        log.warning("%s: no per-head attention probe: %s", run_dir, e)
-        return {}, {}
-    save_probe(entry.pop("model"), out / "attn_heads")
-    return {"attn_heads_probe": entry}, {"attn_heads_probe": p}
+    entries, preds = {}, {}
+    for name, (folder, features) in HEAD_PROBES.items():
+        if name == "attn_heads_probe_gold" and not np.isfinite(feats["region_mass"]).any():
+            log.info("%s has no gold regions: no gold-region per-head probe", run_dir)
+            continue
+        try:
+            entry, p = _head_probe({f: feats[f] for f in features}, y, split, cfg)
+        except ValueError as e:  # e.g. every feature constant on the train split: the other probes go on
+            log.warning("%s: no %s: %s", run_dir, name, e)
+            continue
+        save_probe(entry.pop("model"), out / folder)
+        entries[name], preds[name] = {**entry, "features": list(features)}, p
+    return entries, preds
 
 
 def _head_probe(feats: dict[str, np.ndarray], y: np.ndarray, split, cfg) -> tuple[dict, np.ndarray]:

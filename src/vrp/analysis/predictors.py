@@ -47,7 +47,9 @@ PROBE_ROWS = {
     "probe_mlp": "2-layer MLP probe at the best dense layer",
     "attn_ensemble_gbt": "gradient-boosted trees on per-layer attention features",
     "attn_ensemble_rf": "random forest on per-layer attention features",
-    "attn_heads_probe": "probe on every (block, head)'s attention features (logistic or GBT, chosen on validation)",
+    "attn_heads_probe": "probe on every (block, head)'s gold-free attention features (logistic or GBT, chosen on "
+    "validation)",
+    "attn_heads_probe_gold": "the per-head probe with each head's gold-region mass added (where the item has a region)",
 }
 PROBABILITIES = {"token_confidence", "geo_mean_prob", "self_consistency", "predicted_consistency",
                  "semantic_consistency", *PROBE_ROWS}  # fmt: skip
