@@ -307,9 +307,13 @@ def best_probe(run: StudyRun) -> str | None:
 def best_attention(run: StudyRun) -> tuple[str, float] | None:
     """The gold-free attention summary (structural signal or attention-feature ensemble) with the
     highest validation AUROC, and its orientation (+1 / -1): documented directions are kept;
-    a signal without one is turned the way validation favours."""
+    a signal without one is turned the way validation favours. Never a toy's supervised heads'
+    summary (``attn_<feature>_sup``)."""
     best = None
-    heads = [d.name for d in DERIVED if d.family == "structural" and not d.needs and d.name in run.items]
+    # the per-head derived signals, but not the heads a toy's recipe trained (attn_<f>_sup): their
+    # attention was supervised, so a study headline must not rest on them (docs/toys.md)
+    heads = [d.name for d in DERIVED if d.family == "structural" and not d.needs and d.name in run.items
+             and not d.name.endswith("_sup")]  # fmt: skip
     for name in [s for s in STRUCTURAL if not BY_NAME[s].needs] + heads + list(ATTN_ENSEMBLES):
         a = _val_auroc(run, name)
         if not math.isfinite(a):
