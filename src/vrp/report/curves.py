@@ -44,18 +44,27 @@ def split_band(values: np.ndarray, correct: np.ndarray, axis: str, source: str, 
     )  # fmt: skip
 
 
+def layers_split(run: RunData, prefix: str) -> Split | None:
+    """The correct vs wrong bands ``{prefix}_{correct,wrong}_{mean,ci_low,ci_high}`` per residual
+    layer that ``vrp analyze`` stored in ``analysis/layers.parquet``; None when it has none."""
+    lt = run.layers
+    if lt is None or f"{prefix}_correct_mean" not in lt:
+        return None
+    n_c = int(run.items["correct"].sum())
+    parts = {
+        g: tuple(lt[f"{prefix}_{g}_{k}"].to_numpy(dtype=np.float64) for k in ("mean", "ci_low", "ci_high"))
+        for g in ("correct", "wrong")
+    }
+    return Split(lt["residual_layer"].to_numpy(), "residual", parts["correct"], parts["wrong"], n_c,
+                 len(run.items) - n_c, "analysis/layers.parquet")  # fmt: skip
+
+
 def margin_split(run: RunData, n_boot: int = 2000) -> Split | None:
     """Truth margin per residual layer for correct vs wrong items."""
+    stored = layers_split(run, "margin")
+    if stored is not None:  # no need to read the shards' margin curves then
+        return stored
     got = curve(run, "curve.margin")
-    if run.layers is not None and "margin_correct_mean" in run.layers:
-        lt = run.layers
-        n_c = int(run.items["correct"].sum())
-        parts = {
-            g: tuple(lt[f"margin_{g}_{k}"].to_numpy(dtype=np.float64) for k in ("mean", "ci_low", "ci_high"))
-            for g in ("correct", "wrong")
-        }
-        return Split(lt["residual_layer"].to_numpy(), "residual", parts["correct"], parts["wrong"], n_c,
-                     len(run.items) - n_c, "analysis/layers.parquet")  # fmt: skip
     if got is None:
         return None
     return split_band(got[0], got[1], "residual", "shards (curve.margin)", n_boot)

@@ -11,7 +11,7 @@ import numpy as np
 from vrp.analysis.lens_config import LENS_JSON, TUNED_DIR
 from vrp.analysis.lens_run import read_margins
 from vrp.report import figures as F
-from vrp.report.curves import Split, split_band
+from vrp.report.curves import Split, layers_split, split_band
 from vrp.report.data import RunData
 from vrp.report.html import esc, img
 
@@ -20,15 +20,9 @@ TUNED_AUROC_LABEL = "margin, tuned lens [gold answer]"
 
 def tuned_margin_split(run: RunData, n_boot: int = 2000) -> Split | None:
     """Tuned-lens truth margin per residual layer for correct vs wrong items (None without a tuned lens)."""
-    lt = run.layers
-    if lt is not None and "tuned_margin_correct_mean" in lt:
-        n_c = int(run.items["correct"].sum())
-        parts = {
-            g: tuple(lt[f"tuned_margin_{g}_{k}"].to_numpy(dtype=np.float64) for k in ("mean", "ci_low", "ci_high"))
-            for g in ("correct", "wrong")
-        }
-        return Split(lt["residual_layer"].to_numpy(), "residual", parts["correct"], parts["wrong"], n_c,
-                     len(run.items) - n_c, "analysis/layers.parquet")  # fmt: skip
+    stored = layers_split(run, "tuned_margin")
+    if stored is not None:
+        return stored
     got = read_margins(run.run_dir)
     if got is None:
         return None
